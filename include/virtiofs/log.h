@@ -1,0 +1,59 @@
+// Logging on fmt, with levels.
+//
+//   VIRTIOFS_LOG(kWarning, "queue {}: dropped chain: {}", index, status);
+//
+// The arguments are formatted only when the level is enabled. The default sink
+// writes one line per message to stderr; an embedder (or the daemon, for
+// syslog) installs its own sink with SetLogSink.
+#ifndef VIRTIOFS_LOG_H_
+#define VIRTIOFS_LOG_H_
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <functional>
+#include <optional>
+#include <string_view>
+#include <utility>
+
+namespace virtiofs {
+
+enum class LogLevel : int { kError = 0, kWarning = 1, kInfo = 2, kDebug = 3, kTrace = 4 };
+
+// "error", "warn", "info", "debug", "trace" (also "warning").
+std::optional<LogLevel> ParseLogLevel(std::string_view name);
+std::string_view LogLevelName(LogLevel level);
+
+// Messages above `level` are dropped. Thread-safe.
+void SetLogLevel(LogLevel level);
+LogLevel GetLogLevel();
+
+// The sink receives every enabled message; it must be thread-safe. An empty
+// function restores the stderr sink.
+using LogSink = std::function<void(LogLevel, std::string_view message)>;
+void SetLogSink(LogSink sink);
+
+namespace log_internal {
+extern std::atomic<int> g_level;
+void Emit(LogLevel level, std::string_view message);
+}  // namespace log_internal
+
+inline bool LogEnabled(LogLevel level) {
+  return static_cast<int>(level) <= log_internal::g_level.load(std::memory_order_relaxed);
+}
+
+template <typename... Args>
+void Log(LogLevel level, fmt::format_string<Args...> format, Args&&... args) {
+  if (!LogEnabled(level)) return;
+  log_internal::Emit(level, fmt::format(format, std::forward<Args>(args)...));
+}
+
+}  // namespace virtiofs
+
+#define VIRTIOFS_LOG(level, ...)                                        \
+  do {                                                                  \
+    if (::virtiofs::LogEnabled(::virtiofs::LogLevel::level))            \
+      ::virtiofs::Log(::virtiofs::LogLevel::level, __VA_ARGS__);        \
+  } while (0)
+
+#endif  // VIRTIOFS_LOG_H_
