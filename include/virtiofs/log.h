@@ -10,6 +10,9 @@
 
 #include <fmt/format.h>
 
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
 #include <atomic>
 #include <functional>
 #include <optional>
@@ -49,6 +52,24 @@ void Log(LogLevel level, fmt::format_string<Args...> format, Args&&... args) {
 }
 
 }  // namespace virtiofs
+
+// Log arguments may be absl::Status and absl::string_view.
+template <>
+struct fmt::formatter<absl::Status> : fmt::formatter<std::string_view> {
+  template <typename Ctx>
+  auto format(const absl::Status& s, Ctx& ctx) const {
+    return fmt::formatter<std::string_view>::format(s.ToString(), ctx);
+  }
+};
+#if !defined(ABSL_USES_STD_STRING_VIEW)
+template <>
+struct fmt::formatter<absl::string_view> : fmt::formatter<std::string_view> {
+  template <typename Ctx>
+  auto format(absl::string_view s, Ctx& ctx) const {
+    return fmt::formatter<std::string_view>::format(std::string_view(s.data(), s.size()), ctx);
+  }
+};
+#endif
 
 #define VIRTIOFS_LOG(level, ...)                                        \
   do {                                                                  \

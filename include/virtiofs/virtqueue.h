@@ -126,15 +126,25 @@ class SplitQueue {
 
   // Switches to a new memory map (the ring addresses are translated again).
   // Chains already popped keep the old map alive. On failure the queue is
-  // unchanged.
+  // unchanged. Used elements added but not published are kept.
   absl::Status SetMemory(GuestMemoryMap::Ptr memory);
+  // Same, with the rings at new guest addresses (a vhost-user front-end gives
+  // ring addresses in its own address space, which a new table may move).
+  absl::Status Relocate(uint64_t desc_addr, uint64_t avail_addr, uint64_t used_addr,
+                        GuestMemoryMap::Ptr memory);
+
+  // Walks the chain starting at descriptor `head` without touching the
+  // available ring (resubmitting an in-flight request after a reconnect).
+  // Chain errors as for Pop; nothing is given back to the used ring.
+  absl::Status ReadChain(uint16_t head, DescriptorChain* chain);
 
   // Pops the next available chain into `*chain`, reusing its storage.
   // Returns true with a chain, false when the ring is empty, or an error:
   //  - kAvailIndexJump: the queue is broken; every later Pop fails the same way.
   //  - any chain error: that chain was consumed and, when its head is in
   //    range, already given back with used length 0 (the caller publishes it
-  //    with the next PublishUsed); the next Pop continues with the next chain.
+  //    with the next PublishUsed; chain->head() names it, with no buffers);
+  //    the next Pop continues with the next chain.
   absl::StatusOr<bool> Pop(DescriptorChain* chain);
 
   // Number of chains the driver has made available that were not popped yet

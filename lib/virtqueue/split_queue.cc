@@ -1,6 +1,5 @@
 // Split virtqueue, device side. Section numbers are VIRTIO 1.2.
 #include <endian.h>
-#define VIRTIO_RING_NO_LEGACY  // Its vring_init is not valid C++.
 #include <linux/virtio_ring.h>
 
 #include <atomic>
@@ -43,6 +42,16 @@ void Store32(uint8_t* p, uint32_t v) {
 }
 
 bool IsPowerOfTwo(uint32_t n) { return n != 0 && (n & (n - 1)) == 0; }
+
+// 2.7 alignment table: descriptor table 16, available ring 2, used ring 4.
+absl::Status CheckAlignment(const VirtqueueConfig& c) {
+  if (c.desc_addr % 16 != 0 || c.avail_addr % 2 != 0 || c.used_addr % 4 != 0) {
+    return QueueError(VirtqueueError::kMisaligned,
+                      absl::StrFormat("ring addresses desc 0x%x avail 0x%x used 0x%x misaligned",
+                                      c.desc_addr, c.avail_addr, c.used_addr));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -141,12 +150,7 @@ absl::StatusOr<SplitQueue> SplitQueue::Create(const VirtqueueConfig& config,
                       absl::StrFormat("queue size %d is not a power of two in 1..32768",
                                       config.size));
   }
-  // 2.7 alignment table: descriptor table 16, available ring 2, used ring 4.
-  if (config.desc_addr % 16 != 0 || config.avail_addr % 2 != 0 || config.used_addr % 4 != 0) {
-    return QueueError(VirtqueueError::kMisaligned,
-                      absl::StrFormat("ring addresses desc 0x%x avail 0x%x used 0x%x misaligned",
-                                      config.desc_addr, config.avail_addr, config.used_addr));
-  }
+  if (absl::Status s = CheckAlignment(config); !s.ok()) return s;
   if (memory == nullptr) {
     return QueueError(VirtqueueError::kRingNotMapped, "no guest memory");
   }
@@ -156,12 +160,36 @@ absl::StatusOr<SplitQueue> SplitQueue::Create(const VirtqueueConfig& config,
 }
 
 absl::Status SplitQueue::SetMemory(GuestMemoryMap::Ptr memory) {
+  return Relocate(config_.desc_addr, config_.avail_addr, config_.used_addr, std::move(memory));
+}
+
+absl::Status SplitQueue::Relocate(uint64_t desc_addr, uint64_t avail_addr, uint64_t used_addr,
+                                  GuestMemoryMap::Ptr memory) {
   if (memory == nullptr) return QueueError(VirtqueueError::kRingNotMapped, "no guest memory");
-  auto rings = MapRings(config_, *memory);
+  VirtqueueConfig config = config_;
+  config.desc_addr = desc_addr;
+  config.avail_addr = avail_addr;
+  config.used_addr = used_addr;
+  if (absl::Status s = CheckAlignment(config); !s.ok()) return s;
+  auto rings = MapRings(config, *memory);
   if (!rings.ok()) return rings.status();
+  config_ = config;
   rings_ = *rings;
   memory_ = std::move(memory);
   return absl::OkStatus();
+}
+
+absl::Status SplitQueue::ReadChain(uint16_t head, DescriptorChain* chain) {
+  if (head >= config_.size) {
+    return QueueError(VirtqueueError::kHeadOutOfRange,
+                      absl::StrFormat("head %d >= queue size %d", head, config_.size));
+  }
+  absl::Status s = WalkChain(head, chain);
+  if (!s.ok()) {
+    chain->Clear();
+    chain->memory_.reset();
+  }
+  return s;
 }
 
 uint16_t SplitQueue::ReadAvailIdx() const {
@@ -206,6 +234,7 @@ absl::StatusOr<bool> SplitQueue::Pop(DescriptorChain* chain) {
     // Give the chain back empty so the guest does not lose the descriptors.
     (void)AddUsed(head, 0);
     chain->Clear();
+    chain->head_ = head;  // Callers may track what was given back.
     chain->memory_.reset();
     return s;
   }
