@@ -3,7 +3,6 @@
 // driver side (filling the available ring) is outside the timed part.
 //
 // Usage: virtqueue_bench [--quick]
-#define VIRTIO_RING_NO_LEGACY  // Its vring_init is not valid C++.
 #include <linux/virtio_ring.h>
 
 #include <chrono>

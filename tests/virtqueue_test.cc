@@ -1,5 +1,4 @@
 // Split virtqueue: the normal paths and every hostile case of VIRTIO 1.2 2.7.
-#define VIRTIO_RING_NO_LEGACY  // Its vring_init is not valid C++.
 #include <linux/virtio_ring.h>
 #include <poll.h>
 #include <sys/eventfd.h>

@@ -1,7 +1,6 @@
 #include "tests/support/driver_queue.h"
 
 #include <endian.h>
-#define VIRTIO_RING_NO_LEGACY  // Its vring_init is not valid C++.
 #include <linux/virtio_ring.h>
 
 #include <algorithm>
