@@ -74,7 +74,12 @@ void EchoDevice::StopQueue(Vring& vring) {
   (void)!write(w->stop.get(), &one, sizeof one);
   w->thread.join();
   // The worker is gone: this thread owns the vring now. Finish what is held.
-  CompleteHeld(w.get());
+  if (abandon_.load()) {
+    std::lock_guard lock(w->mu);
+    w->held.clear();
+  } else {
+    CompleteHeld(w.get());
+  }
   stops_.fetch_add(1);
 }
 

@@ -38,6 +38,9 @@ class EchoDevice : public VhostUserDevice {
   void Hold(bool on) { hold_.store(on); }
   void Release();
   size_t held() const;
+  // Simulates a back-end that dies: StopQueue drops held chains unanswered
+  // (a real device must complete them), leaving them for inflight recovery.
+  void AbandonHeldOnStop(bool on) { abandon_.store(on); }
 
   uint64_t completed() const { return completed_.load(); }
   uint64_t errors() const { return errors_.load(); }
@@ -66,6 +69,7 @@ class EchoDevice : public VhostUserDevice {
   const uint32_t max_queue_size_;
   uint8_t config_[8] = {'e', 'c', 'h', 'o', 0, 0, 0, 0};
   std::atomic<bool> hold_{false};
+  std::atomic<bool> abandon_{false};
   std::atomic<uint64_t> completed_{0}, errors_{0}, starts_{0}, stops_{0}, resets_{0};
   std::atomic<uint64_t> features_{0};
   mutable std::mutex mu_;
