@@ -621,7 +621,8 @@ TEST_CASE("no lost wakeups between a driver and a device thread") {
         } else {
           f.driver.SetNoInterrupt(false);
         }
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        // SetUsedEvent/SetNoInterrupt store, used_idx() loads: both
+        // sequentially consistent, so ordered (the driver's mb()).
         if (f.driver.used_idx() != static_cast<uint16_t>(completed)) continue;
         wait(call.get());
       }

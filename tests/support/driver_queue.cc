@@ -30,13 +30,16 @@ DriverQueue::DriverQueue(const GuestRam& ram, uint32_t size, uint64_t ring_gpa,
   for (uint32_t i = size; i > 0; --i) free_.push_back(static_cast<uint16_t>(i - 1));
 }
 
+// Ring fields shared with the device are sequentially consistent atomics: the
+// driver's side of the 2.7.10 handshakes needs a full barrier between its
+// store and its load, as the device's.
 uint16_t DriverQueue::Load16(uint64_t gpa) const {
-  return le16toh(__atomic_load_n(reinterpret_cast<uint16_t*>(ram_.Host(gpa)), __ATOMIC_ACQUIRE));
+  return le16toh(__atomic_load_n(reinterpret_cast<uint16_t*>(ram_.Host(gpa)), __ATOMIC_SEQ_CST));
 }
 
-void DriverQueue::Store16(uint64_t gpa, uint16_t v, bool release) const {
+void DriverQueue::Store16(uint64_t gpa, uint16_t v, bool ordered) const {
   __atomic_store_n(reinterpret_cast<uint16_t*>(ram_.Host(gpa)), htole16(v),
-                   release ? __ATOMIC_RELEASE : __ATOMIC_RELAXED);
+                   ordered ? __ATOMIC_SEQ_CST : __ATOMIC_RELAXED);
 }
 
 uint64_t DriverQueue::Alloc(uint64_t len, uint64_t align) {
@@ -99,7 +102,7 @@ std::optional<uint16_t> DriverQueue::AddChain(std::span<const Buffer> buffers, b
 
 void DriverQueue::Publish() {
   // Release: descriptors and ring entries are visible before the index.
-  Store16(config_.avail_addr + 2, shadow_avail_idx_, /*release=*/true);
+  Store16(config_.avail_addr + 2, shadow_avail_idx_, /*ordered=*/true);
 }
 
 void DriverQueue::SetAvailRing(uint16_t slot, uint16_t head) {
@@ -134,11 +137,11 @@ std::optional<DriverQueue::UsedElem> DriverQueue::PopUsed() {
 }
 
 void DriverQueue::SetUsedEvent(uint16_t idx) {
-  Store16(config_.avail_addr + 4 + 2ull * config_.size, idx);
+  Store16(config_.avail_addr + 4 + 2ull * config_.size, idx, /*ordered=*/true);
 }
 
 void DriverQueue::SetNoInterrupt(bool on) {
-  Store16(config_.avail_addr, on ? VRING_AVAIL_F_NO_INTERRUPT : 0);
+  Store16(config_.avail_addr, on ? VRING_AVAIL_F_NO_INTERRUPT : 0, /*ordered=*/true);
 }
 
 uint16_t DriverQueue::avail_event() const {
@@ -148,7 +151,8 @@ uint16_t DriverQueue::avail_event() const {
 uint16_t DriverQueue::used_flags() const { return Load16(config_.used_addr); }
 
 bool DriverQueue::DeviceWantsKick(uint16_t old_idx) const {
-  __atomic_thread_fence(__ATOMIC_SEQ_CST);
+  // Publish() stored avail->idx; the sequentially consistent loads here are
+  // ordered after it (the driver's mb() before it reads avail_event).
   if (config_.event_idx) return vring_need_event(avail_event(), shadow_avail_idx_, old_idx) != 0;
   return (used_flags() & VRING_USED_F_NO_NOTIFY) == 0;
 }

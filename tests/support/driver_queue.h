@@ -77,7 +77,7 @@ class DriverQueue {
 
  private:
   uint16_t Load16(uint64_t gpa) const;
-  void Store16(uint64_t gpa, uint16_t v, bool release = false) const;
+  void Store16(uint64_t gpa, uint16_t v, bool ordered = false) const;
 
   const GuestRam& ram_;
   VirtqueueConfig config_;
