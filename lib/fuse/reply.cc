@@ -42,7 +42,9 @@ void PendingRequest::Finish(int32_t error, uint32_t payload_bytes) {
 }
 
 void PendingRequest::Fail(int err) {
-  if (err <= 0) err = EIO;
+  // The guest takes errors in (-512, 0) only (fs/fuse/dev.c refuses others;
+  // 512 and up are the kernel's internal ERESTART* codes).
+  if (err <= 0 || err >= 512) err = EIO;
   Finish(-err, 0);
 }
 

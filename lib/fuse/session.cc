@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <vector>
 
 #include "lib/fuse/fuse_compat.h"
@@ -62,6 +63,11 @@ class Args {
   }
   // A NUL-terminated string; `errno_out` says why it is refused.
   bool TakeString(size_t max_len, std::string_view* out, int* errno_out) {
+    // Nothing left (the bytes may then be a null span: no memchr on it).
+    if (remaining() == 0) {
+      *errno_out = EINVAL;
+      return false;
+    }
     const uint8_t* start = bytes_.data() + pos_;
     const void* nul = std::memchr(start, 0, remaining());
     if (nul == nullptr) {
@@ -114,10 +120,17 @@ class FuseDispatcher {
   }
 
   void Run(ChainReader& in);
+  // After an exception: EIO, unless the request was handed on already.
+  void FailPending() {
+    if (r_ != nullptr) Fail(EIO);
+  }
 
  private:
-  // Fails the request with `err` when a check does not hold.
-  bool Check(bool ok, int err = EINVAL) {
+  // Fails the request with `err` when a check does not hold. `err` by
+  // reference: in Check(TakeName(..., &err), err) the order in which the
+  // arguments are evaluated is unspecified, and a copy could be taken
+  // before TakeName sets it.
+  bool Check(bool ok, const int& err = EINVAL) {
     if (!ok && r_ != nullptr) {
       VIRTIOFS_LOG(kDebug, "fuse: request {} opcode {} refused: errno {}", h_.unique, h_.opcode,
                    err);
@@ -186,7 +199,18 @@ void FuseSession::Handle(DescriptorChain chain, CompletionSink* sink) {
   req->set_header(h.unique, h.opcode);
   counts_[h.opcode < kMaxOpcode ? h.opcode : 0].fetch_add(1, std::memory_order_relaxed);
   FuseDispatcher d(this, req, h);
-  d.Run(in);
+  // No exception crosses the Backend boundary: one that escapes is EIO (the
+  // Reply it was given replies EIO as it unwinds).
+  try {
+    d.Run(in);
+  } catch (const std::exception& e) {
+    VIRTIOFS_LOG(kError, "fuse: request {} (opcode {}): exception: {}", h.unique, h.opcode,
+                 e.what());
+    d.FailPending();
+  } catch (...) {
+    VIRTIOFS_LOG(kError, "fuse: request {} (opcode {}): unknown exception", h.unique, h.opcode);
+    d.FailPending();
+  }
 }
 
 void FuseDispatcher::Run(ChainReader& in) {
@@ -219,7 +243,10 @@ void FuseDispatcher::Run(ChainReader& in) {
     req.flags = w.flags;
     req.write_flags = w.write_flags;
     req.lock_owner = w.lock_owner;
-    IovecVector data;
+    // WriteRequest::data must stay valid until the reply, which may come
+    // after this returns: the iovecs live in the request (its READ buffer
+    // list, unused by a WRITE).
+    IovecVector& data = r_->read_buffers();
     if (!Check(in.TakeIovecs(w.size, &data).ok())) return;
     req.data = data;
     b_->Write(ctx_, h_.nodeid, req, Hand<Reply<uint32_t>>());
@@ -244,8 +271,10 @@ bool FuseDispatcher::ParseExtensions(std::span<const uint8_t> ext) {
     std::memcpy(&eh, ext.data(), sizeof eh);
     if (!Check(eh.size >= sizeof eh && eh.size % 8 == 0 && eh.size <= ext.size())) return false;
     auto data = ext.subspan(sizeof eh, eh.size - sizeof eh);
-    if (eh.type == FUSE_MAX_NR_SECCTX) {
-      if (!ParseSecctx(data)) return false;
+    if (eh.type <= FUSE_MAX_NR_SECCTX) {
+      // The security context: fuse_secctx_header doubles as the extension
+      // header, nr_secctx as its type (<linux/fuse.h> 7.38, fuse_ext_header).
+      if (!ParseSecctx(ext.first(eh.size))) return false;
     } else if (eh.type == FUSE_EXT_GROUPS) {
       fuse_supp_groups g;
       if (!Check(data.size() >= sizeof g)) return false;
@@ -266,7 +295,9 @@ bool FuseDispatcher::ParseSecctx(std::span<const uint8_t> blob) {
   fuse_secctx_header sh;
   if (!Check(blob.size() >= sizeof sh)) return false;
   std::memcpy(&sh, blob.data(), sizeof sh);
-  if (!Check(sh.size <= blob.size() && sh.nr_secctx <= 1)) return false;
+  if (!Check(sh.size >= sizeof sh && sh.size <= blob.size() && sh.nr_secctx <= 1)) {
+    return false;
+  }
   if (sh.nr_secctx == 0) return true;
   Args a(blob.subspan(sizeof sh, sh.size - sizeof sh));
   fuse_secctx c;
@@ -297,6 +328,8 @@ void FuseDispatcher::Init(Args& a) {
   // Minors before 36 send only major, minor, max_readahead and flags.
   const size_t size = std::min(a.remaining(), sizeof in);
   if (!Check(size >= 16 && a.TakePrefix(&in, size))) return;
+  // A reply that cannot arrive must not start (or end) a session.
+  if (!Room(sizeof(fuse_init_out))) return;
   if (s_->initialized()) {
     // A guest that rebooted without unmounting starts a new session on the
     // live one (the C virtiofsd learned this too): the old one is gone.
@@ -637,8 +670,13 @@ void FuseDispatcher::Dispatch(Args& a) {
       return;
     }
     case FUSE_TMPFILE: {
+      // Linux sends the name of the unnamed dentry after fuse_create_in
+      // (fs/fuse/dir.c fuse_create_open; vfs_tmpfile names it "/"): a
+      // placeholder, not checked as a name and not passed on.
       fuse_create_in c;
-      if (!Check(a.Take(&c)) || !CreateExtras(a)) return;
+      std::string_view placeholder;
+      if (!Check(a.Take(&c)) || !Check(a.TakeString(NAME_MAX, &placeholder, &err), err)) return;
+      if (!CreateExtras(a)) return;
       if (!Room(sizeof(fuse_entry_out) + sizeof(fuse_open_out))) return;
       b_->TmpFile(ctx_, node, c.mode, c.flags, c.umask, Hand<Reply<CreateResult>>());
       return;

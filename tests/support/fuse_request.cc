@@ -38,6 +38,85 @@ std::vector<uint8_t> BuildLookup(uint64_t unique, uint64_t parent, std::string_v
   return BuildRequest(FUSE_LOOKUP, unique, parent, body);
 }
 
+FuseBody& FuseBody::Name(std::string_view name) {
+  bytes_.insert(bytes_.end(), name.begin(), name.end());
+  bytes_.push_back(0);
+  return *this;
+}
+
+FuseBody& FuseBody::Raw(std::string_view bytes) {
+  bytes_.insert(bytes_.end(), bytes.begin(), bytes.end());
+  return *this;
+}
+
+FuseBody& FuseBody::Raw(std::span<const uint8_t> bytes) {
+  bytes_.insert(bytes_.end(), bytes.begin(), bytes.end());
+  return *this;
+}
+
+FuseBody& FuseBody::Pad(size_t align) {
+  while (bytes_.size() % align != 0) bytes_.push_back(0);
+  return *this;
+}
+
+std::vector<uint8_t> BuildRequestWithExtensions(uint32_t opcode, uint64_t unique, uint64_t nodeid,
+                                                std::span<const uint8_t> body,
+                                                std::span<const uint8_t> extensions, uint32_t uid,
+                                                uint32_t gid, uint32_t pid) {
+  std::vector<uint8_t> all(body.begin(), body.end());
+  all.insert(all.end(), extensions.begin(), extensions.end());
+  std::vector<uint8_t> request = BuildRequest(opcode, unique, nodeid, all, uid, gid, pid);
+  fuse_in_header h;
+  std::memcpy(&h, request.data(), sizeof h);
+  h.total_extlen = static_cast<uint16_t>(extensions.size() / 8);
+  std::memcpy(request.data(), &h, sizeof h);
+  return request;
+}
+
+std::vector<uint8_t> BuildSecurityContext(std::string_view name, std::string_view value) {
+  fuse_secctx_header header{};
+  header.size = sizeof header;
+  FuseBody record;
+  if (!name.empty()) {
+    header.nr_secctx = 1;
+    fuse_secctx ctx{};
+    ctx.size = static_cast<uint32_t>(value.size());
+    FuseBody one;
+    one.Add(ctx).Name(name).Raw(value).Pad(8);
+    header.size += static_cast<uint32_t>(one.size());
+    record.Add(header).Raw(one.bytes());
+  } else {
+    record.Add(header);
+  }
+  return record.bytes();
+}
+
+std::vector<uint8_t> BuildSuppGroupsExtension(std::span<const uint32_t> gids) {
+  FuseBody payload;
+  payload.Add(static_cast<uint32_t>(gids.size()));
+  for (uint32_t g : gids) payload.Add(g);
+  fuse_ext_header eh{};
+  eh.type = 32;  // FUSE_EXT_GROUPS (7.39).
+  eh.size = static_cast<uint32_t>((sizeof eh + payload.size() + 7) / 8 * 8);
+  FuseBody record;
+  record.Add(eh).Raw(payload.bytes()).Pad(8);
+  return record.bytes();
+}
+
+void PatchHeader(std::vector<uint8_t>& request, void (*patch)(fuse_in_header&)) {
+  fuse_in_header h;
+  std::memcpy(&h, request.data(), sizeof h);
+  patch(h);
+  std::memcpy(request.data(), &h, sizeof h);
+}
+
+void SetHeaderLen(std::vector<uint8_t>& request, uint32_t len) {
+  fuse_in_header h;
+  std::memcpy(&h, request.data(), sizeof h);
+  h.len = len;
+  std::memcpy(request.data(), &h, sizeof h);
+}
+
 absl::Status FuseReply::BodySizeError(size_t min, size_t max) const {
   if (min == max) {
     return absl::InvalidArgumentError(

@@ -14,6 +14,7 @@
 
 #include <linux/fuse.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -65,6 +66,67 @@ std::vector<uint8_t> BuildInit(uint64_t unique, uint32_t flags = kDefaultInitFla
 // FUSE_LOOKUP of `name` in directory `parent` (FUSE_ROOT_ID for the root):
 // the body is the name and its terminating NUL.
 std::vector<uint8_t> BuildLookup(uint64_t unique, uint64_t parent, std::string_view name);
+
+// A request body assembled piece by piece, in wire order: fixed structs,
+// NUL-terminated names, raw bytes.
+class FuseBody {
+ public:
+  template <typename T>
+  FuseBody& Add(const T& value) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    const auto* p = reinterpret_cast<const uint8_t*>(&value);
+    bytes_.insert(bytes_.end(), p, p + sizeof(T));
+    return *this;
+  }
+  // The first `n` bytes of `value` (a struct that older minors send shorter,
+  // or a truncated one for hostile tests).
+  template <typename T>
+  FuseBody& AddPrefix(const T& value, size_t n) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    const auto* p = reinterpret_cast<const uint8_t*>(&value);
+    bytes_.insert(bytes_.end(), p, p + std::min(n, sizeof(T)));
+    return *this;
+  }
+  // `name` and its terminating NUL.
+  FuseBody& Name(std::string_view name);
+  // Bytes as they are (no NUL added).
+  FuseBody& Raw(std::string_view bytes);
+  FuseBody& Raw(std::span<const uint8_t> bytes);
+  // Zero bytes up to the next multiple of `align`.
+  FuseBody& Pad(size_t align = 8);
+
+  const std::vector<uint8_t>& bytes() const { return bytes_; }
+  size_t size() const { return bytes_.size(); }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+// A request with `extensions` (protocol 7.38) after the body:
+// header.total_extlen is their length in 8-byte units (a multiple of 8 is
+// expected; hostile tests may give anything, the length is rounded down).
+std::vector<uint8_t> BuildRequestWithExtensions(uint32_t opcode, uint64_t unique, uint64_t nodeid,
+                                                std::span<const uint8_t> body,
+                                                std::span<const uint8_t> extensions,
+                                                uint32_t uid = 0, uint32_t gid = 0,
+                                                uint32_t pid = 0);
+
+// The security context as Linux (fs/fuse/dir.c, get_security_context) sends
+// it: fuse_secctx_header {size, nr_secctx}, then for one context fuse_secctx
+// {size of value}, the xattr name with its NUL and the value, padded to 8
+// bytes. From 7.38 this record is also an extension: fuse_secctx_header
+// doubles as fuse_ext_header, nr_secctx as its type (<= FUSE_MAX_NR_SECCTX).
+// An empty `name` gives the record of no context (nr_secctx 0).
+std::vector<uint8_t> BuildSecurityContext(std::string_view name, std::string_view value);
+
+// The supplementary group extension (7.39, FUSE_EXT_GROUPS = 32):
+// fuse_ext_header, fuse_supp_groups {nr_groups}, the gids, padded to 8.
+std::vector<uint8_t> BuildSuppGroupsExtension(std::span<const uint32_t> gids);
+
+// Rewrites fields of a built request's fuse_in_header (hostile tests).
+void PatchHeader(std::vector<uint8_t>& request, void (*patch)(fuse_in_header&));
+// Sets fuse_in_header.len of a built request to `len`.
+void SetHeaderLen(std::vector<uint8_t>& request, uint32_t len);
 
 // A parsed reply.
 struct FuseReply {

@@ -1,0 +1,72 @@
+// PassthroughBackend: serves a host directory to the guest, confined to it.
+//
+// Every node the guest knows is a counter in an inode table, mapped to an
+// O_PATH file descriptor (or, with inode_file_handles, a file handle that is
+// opened again when needed, so a guest walking millions of files does not
+// exhaust the fd limit). Every path operation is relative to such a
+// descriptor with a single, checked name component, never a path string, so
+// no name, symlink or rename race leads outside the shared directory.
+//
+// Requests that create nodes run with the caller's fsuid/fsgid so that
+// ownership is the guest user's; others run with them too, so that the host
+// kernel checks permissions as the guest user. File data moves between the
+// host file and guest memory with the queue's IoEngine (io_uring) when the
+// device provides one, else with preadv/pwritev.
+#ifndef VIRTIOFS_PASSTHROUGH_H_
+#define VIRTIOFS_PASSTHROUGH_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "virtiofs/backend.h"
+#include "virtiofs/io_engine.h"
+
+namespace virtiofs {
+
+struct PassthroughOptions {
+  // The shared directory.
+  std::string root;
+
+  // How long the guest may cache names and attributes, and whether it may
+  // keep file data cached across opens (virtiofsd's --cache).
+  enum class Cache { kNever, kMetadata, kAuto, kAlways };
+  Cache cache = Cache::kAuto;
+
+  // How inodes are held: O_PATH fds, file handles where the file system
+  // supports them, or file handles only (fails where unsupported). Handles
+  // need CAP_DAC_READ_SEARCH.
+  enum class FileHandles { kNever, kPrefer, kMandatory };
+  FileHandles inode_file_handles = FileHandles::kNever;
+
+  bool readonly = false;          // Every change fails with EROFS.
+  bool writeback = false;         // FUSE_WRITEBACK_CACHE.
+  bool readdirplus = true;        // FUSE_DO_READDIRPLUS / READDIRPLUS_AUTO.
+  bool xattr = true;              // Extended attributes (else ENOSYS).
+  bool posix_acl = false;         // FUSE_POSIX_ACL (needs xattr).
+  bool security_label = false;    // FUSE_SECURITY_CTX.
+  bool killpriv_v2 = true;        // FUSE_HANDLE_KILLPRIV_V2.
+  bool announce_submounts = false;  // FUSE_SUBMOUNTS and FUSE_ATTR_SUBMOUNT.
+  bool allow_direct_io = false;   // Keep O_DIRECT from the guest.
+  bool posix_locks = true;        // FUSE_POSIX_LOCKS (host OFD locks).
+  bool flock = true;              // FUSE_FLOCK_LOCKS.
+  // Drop the process's supplementary groups at creation (CVE-2022-0358); a
+  // library user who manages credentials itself can turn this off.
+  bool drop_supplementary_groups = true;
+};
+
+class PassthroughBackend : public Backend {
+ public:
+  // Opens the shared directory. Fails when it is missing, not a directory,
+  // or when file handles are mandatory and unsupported there.
+  static absl::StatusOr<std::unique_ptr<PassthroughBackend>> Create(PassthroughOptions options);
+
+  // Introspection (stats, tests).
+  virtual size_t inode_count() const = 0;
+  virtual size_t handle_count() const = 0;
+  virtual const PassthroughOptions& options() const = 0;
+};
+
+}  // namespace virtiofs
+
+#endif  // VIRTIOFS_PASSTHROUGH_H_

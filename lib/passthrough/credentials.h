@@ -1,0 +1,42 @@
+// Per-thread filesystem credentials for the duration of one request.
+//
+// setfsuid/setfsgid and setgroups as raw system calls change only the
+// calling thread (glibc's wrappers for setgroups change every thread).
+// Requests from root, the common case, cost no system call.
+#ifndef VIRTIOFS_LIB_PASSTHROUGH_CREDENTIALS_H_
+#define VIRTIOFS_LIB_PASSTHROUGH_CREDENTIALS_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace virtiofs::passthrough {
+
+class ScopedCredentials {
+ public:
+  // Switches to (uid, gid) and, if given, one supplementary group; `enabled`
+  // false (the daemon is not root) leaves the thread as it is.
+  ScopedCredentials(bool enabled, uid_t uid, gid_t gid,
+                    std::optional<gid_t> supplementary = std::nullopt);
+  // Back to the daemon's ids (root) and no supplementary group.
+  ~ScopedCredentials();
+  ScopedCredentials(const ScopedCredentials&) = delete;
+  ScopedCredentials& operator=(const ScopedCredentials&) = delete;
+
+  // Whether the switch happened (false: the errno is in `error()`).
+  bool ok() const { return error_ == 0; }
+  int error() const { return error_; }
+
+ private:
+  bool enabled_;
+  bool groups_set_ = false;
+  int error_ = 0;
+};
+
+// Drops every supplementary group of the process (all threads).
+int DropSupplementaryGroups();
+
+}  // namespace virtiofs::passthrough
+
+#endif  // VIRTIOFS_LIB_PASSTHROUGH_CREDENTIALS_H_

@@ -1,0 +1,86 @@
+// The passthrough backend's tables: node ids to host inodes, handle ids to
+// open files. Ids are counters handed to the guest; whatever number it sends
+// back is looked up here, never trusted.
+#ifndef VIRTIOFS_LIB_PASSTHROUGH_INODE_TABLE_H_
+#define VIRTIOFS_LIB_PASSTHROUGH_INODE_TABLE_H_
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+
+#include "absl/container/flat_hash_map.h"
+#include "virtiofs/fd.h"
+
+namespace virtiofs::passthrough {
+
+// A host inode is one node however many names reach it (hard links, bind
+// mounts of the same file system): (inode number, device, mount id).
+struct InodeKey {
+  uint64_t ino = 0;
+  uint64_t dev = 0;
+  uint64_t mnt_id = 0;
+  bool operator==(const InodeKey&) const = default;
+  template <typename H>
+  friend H AbslHashValue(H h, const InodeKey& k) {
+    return H::combine(std::move(h), k.ino, k.dev, k.mnt_id);
+  }
+};
+
+struct Inode {
+  uint64_t id = 0;
+  InodeKey key;
+  uint32_t type = 0;  // S_IFMT bits; a host inode never changes type.
+  UniqueFd fd;        // O_PATH | O_NOFOLLOW.
+  std::atomic<uint64_t> lookups{0};
+};
+
+class InodeTable {
+ public:
+  // The root is node FUSE_ROOT_ID and is never forgotten.
+  void SetRoot(std::shared_ptr<Inode> root);
+  std::shared_ptr<Inode> Get(uint64_t id) const;
+  // The node for `key`, with one more lookup: the existing one (and `fd` is
+  // closed) or a new one made of `fd`.
+  std::shared_ptr<Inode> Intern(const InodeKey& key, uint32_t type, UniqueFd fd);
+  // Drops `n` lookups; the node goes when none are left.
+  void Forget(uint64_t id, uint64_t n);
+  // Forgets every node but the root.
+  void Clear();
+  size_t size() const;
+
+ private:
+  mutable std::shared_mutex mu_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Inode>> by_id_;
+  absl::flat_hash_map<InodeKey, std::shared_ptr<Inode>> by_key_;
+  uint64_t next_id_ = 2;  // 1 is FUSE_ROOT_ID.
+};
+
+// An open file or directory.
+struct Handle {
+  std::shared_ptr<Inode> inode;
+  UniqueFd fd;
+  std::mutex mu;  // Directory position (readdir) and lock waits.
+};
+
+class HandleTable {
+ public:
+  uint64_t Add(std::shared_ptr<Handle> h);
+  std::shared_ptr<Handle> Get(uint64_t id) const;
+  // The handle, removed from the table (still open while referenced).
+  std::shared_ptr<Handle> Remove(uint64_t id);
+  void Clear();
+  size_t size() const;
+
+ private:
+  mutable std::shared_mutex mu_;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Handle>> handles_;
+  uint64_t next_id_ = 1;
+};
+
+}  // namespace virtiofs::passthrough
+
+#endif  // VIRTIOFS_LIB_PASSTHROUGH_INODE_TABLE_H_
