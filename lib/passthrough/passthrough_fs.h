@@ -1,0 +1,530 @@
+// The passthrough backend's implementation class, shared by its source
+// files (passthrough.cc: nodes, files and directories; passthrough_ext.cc:
+// xattrs, locks and the rest).
+#ifndef VIRTIOFS_LIB_PASSTHROUGH_PASSTHROUGH_FS_H_
+#define VIRTIOFS_LIB_PASSTHROUGH_PASSTHROUGH_FS_H_
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+
+#include "absl/strings/str_format.h"
+#include "lib/io/engines.h"
+#include "lib/passthrough/credentials.h"
+#include "lib/passthrough/inode_table.h"
+#include "virtiofs/log.h"
+#include "virtiofs/passthrough.h"
+
+namespace virtiofs::passthrough {
+
+
+using Cache = PassthroughOptions::Cache;
+
+inline int Errno() { return errno > 0 ? errno : EIO; }
+
+inline bool IsSpecial(uint32_t type) { return type != S_IFREG && type != S_IFDIR && type != S_IFLNK; }
+
+// statx of what `fd` (O_PATH) refers to, symlinks not followed.
+inline int StatxFd(int fd, struct statx* out, uint32_t mask = STATX_BASIC_STATS | STATX_MNT_ID,
+            int sync_flags = AT_STATX_SYNC_AS_STAT) {
+  if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | sync_flags, mask, out) != 0) {
+    return Errno();
+  }
+  return 0;
+}
+
+inline struct stat ToStat(const struct statx& x) {
+  struct stat st {};
+  st.st_dev = makedev(x.stx_dev_major, x.stx_dev_minor);
+  st.st_ino = x.stx_ino;
+  st.st_mode = x.stx_mode;
+  st.st_nlink = x.stx_nlink;
+  st.st_uid = x.stx_uid;
+  st.st_gid = x.stx_gid;
+  st.st_rdev = makedev(x.stx_rdev_major, x.stx_rdev_minor);
+  st.st_size = static_cast<off_t>(x.stx_size);
+  st.st_blksize = x.stx_blksize;
+  st.st_blocks = static_cast<blkcnt_t>(x.stx_blocks);
+  st.st_atim = {x.stx_atime.tv_sec, x.stx_atime.tv_nsec};
+  st.st_mtim = {x.stx_mtime.tv_sec, x.stx_mtime.tv_nsec};
+  st.st_ctim = {x.stx_ctime.tv_sec, x.stx_ctime.tv_nsec};
+  return st;
+}
+
+class PassthroughFs final : public PassthroughBackend {
+ public:
+  PassthroughFs(PassthroughOptions options, UniqueFd proc_fd)
+      : options_(std::move(options)), proc_fd_(std::move(proc_fd)), as_root_(geteuid() == 0) {}
+
+  absl::Status Init(UniqueFd root_fd) {
+    struct statx x;
+    if (int e = StatxFd(root_fd.get(), &x); e != 0) {
+      return absl::ErrnoToStatus(e, "stat shared directory");
+    }
+    if (!S_ISDIR(x.stx_mode)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("shared directory '%s' is not a directory", options_.root));
+    }
+    auto root = std::make_shared<Inode>();
+    root->key = InodeKey{x.stx_ino, makedev(x.stx_dev_major, x.stx_dev_minor), x.stx_mnt_id};
+    root->type = S_IFDIR;
+    root->fd = std::move(root_fd);
+    root_ = root;
+    inodes_.SetRoot(std::move(root));
+    return absl::OkStatus();
+  }
+
+  // ---- Backend ----
+  uint64_t InitFlags() const override {
+    uint64_t f = FUSE_EXPORT_SUPPORT | FUSE_DONT_MASK | FUSE_ATOMIC_O_TRUNC | FUSE_CACHE_SYMLINKS |
+                 FUSE_PARALLEL_DIROPS | FUSE_ASYNC_DIO | FUSE_AUTO_INVAL_DATA;
+    if (options_.readdirplus) f |= FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO;
+    if (options_.writeback) f |= FUSE_WRITEBACK_CACHE;
+    if (options_.posix_locks) f |= FUSE_POSIX_LOCKS;
+    if (options_.flock) f |= FUSE_FLOCK_LOCKS;
+    if (options_.killpriv_v2) f |= FUSE_HANDLE_KILLPRIV_V2;
+    if (options_.announce_submounts) f |= FUSE_SUBMOUNTS;
+    if (options_.posix_acl && options_.xattr) f |= FUSE_POSIX_ACL;
+    if (options_.security_label) f |= FUSE_SECURITY_CTX;
+    return f;
+  }
+  void Init(uint32_t, uint64_t flags) override { flags_.store(flags, std::memory_order_relaxed); }
+  void Destroy() override {
+    handles_.Clear();
+    inodes_.Clear();
+  }
+
+  void Lookup(const RequestContext& ctx, uint64_t parent, std::string_view name,
+              Reply<Entry> reply) override {
+    auto p = inodes_.Get(parent);
+    if (!p) return reply.Error(EBADF);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    Entry e;
+    if (int err = DoLookup(*p, name, &e); err != 0) return reply.Error(err);
+    reply.Ok(e);
+  }
+
+  void Forget(uint64_t node, uint64_t nlookup) override { inodes_.Forget(node, nlookup); }
+
+  void GetAttr(const RequestContext&, uint64_t node, std::optional<uint64_t> handle,
+               Reply<Attributes> reply) override {
+    auto inode = inodes_.Get(node);
+    if (!inode) return reply.Error(EBADF);
+    Attributes a;
+    if (int e = Attr(*inode, &a); e != 0) return reply.Error(e);
+    (void)handle;  // The inode's fd names the same file.
+    reply.Ok(a);
+  }
+
+  void Statx(const RequestContext&, uint64_t node, std::optional<uint64_t>, uint32_t sx_flags,
+             uint32_t sx_mask, Reply<StatxResult> reply) override {
+    auto inode = inodes_.Get(node);
+    if (!inode) return reply.Error(EBADF);
+    StatxResult r;
+    const int sync = static_cast<int>(sx_flags & AT_STATX_SYNC_TYPE);
+    if (int e = StatxFd(inode->fd.get(), &r.stx, sx_mask | STATX_BASIC_STATS, sync); e != 0) {
+      return reply.Error(e);
+    }
+    r.timeout = AttrTimeout();
+    reply.Ok(r);
+  }
+
+  void SetAttr(const RequestContext& ctx, uint64_t node, const SetAttrRequest& in,
+               Reply<Attributes> reply) override;
+
+  void ReadLink(const RequestContext&, uint64_t node, Reply<std::string> reply) override {
+    auto inode = inodes_.Get(node);
+    if (!inode) return reply.Error(EBADF);
+    if (inode->type != S_IFLNK) return reply.Error(EINVAL);
+    char buf[PATH_MAX];
+    ssize_t n = readlinkat(inode->fd.get(), "", buf, sizeof buf);
+    if (n < 0) return reply.Error(Errno());
+    reply.Ok(std::string(buf, static_cast<size_t>(n)));
+  }
+
+  void Symlink(const RequestContext& ctx, uint64_t parent, std::string_view name,
+               std::string_view target, Reply<Entry> reply) override {
+    std::string t(target), n(name);
+    Make(ctx, parent, name, std::move(reply),
+         [&](int dirfd) { return symlinkat(t.c_str(), dirfd, n.c_str()); });
+  }
+  void Mknod(const RequestContext& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+             uint32_t rdev, uint32_t umask, Reply<Entry> reply) override {
+    std::string n(name);
+    Make(ctx, parent, name, std::move(reply), [&](int dirfd) {
+      return mknodat(dirfd, n.c_str(), Masked(mode, umask), rdev);
+    });
+  }
+  void Mkdir(const RequestContext& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+             uint32_t umask, Reply<Entry> reply) override {
+    std::string n(name);
+    Make(ctx, parent, name, std::move(reply),
+         [&](int dirfd) { return mkdirat(dirfd, n.c_str(), Masked(mode, umask)); });
+  }
+  void Unlink(const RequestContext& ctx, uint64_t parent, std::string_view name,
+              Reply<void> reply) override {
+    Remove(ctx, parent, name, 0, std::move(reply));
+  }
+  void Rmdir(const RequestContext& ctx, uint64_t parent, std::string_view name,
+             Reply<void> reply) override {
+    Remove(ctx, parent, name, AT_REMOVEDIR, std::move(reply));
+  }
+  void Rename(const RequestContext& ctx, uint64_t parent, std::string_view name,
+              uint64_t new_parent, std::string_view new_name, uint32_t flags,
+              Reply<void> reply) override {
+    if (options_.readonly) return reply.Error(EROFS);
+    auto from = inodes_.Get(parent), to = inodes_.Get(new_parent);
+    if (!from || !to) return reply.Error(EBADF);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    std::string a(name), b(new_name);
+    if (syscall(SYS_renameat2, from->fd.get(), a.c_str(), to->fd.get(), b.c_str(), flags) != 0) {
+      return reply.Error(Errno());
+    }
+    reply.Ok();
+  }
+  void Link(const RequestContext& ctx, uint64_t node, uint64_t new_parent,
+            std::string_view new_name, Reply<Entry> reply) override {
+    if (options_.readonly) return reply.Error(EROFS);
+    auto inode = inodes_.Get(node), dir = inodes_.Get(new_parent);
+    if (!inode || !dir) return reply.Error(EBADF);
+    if (inode->type == S_IFDIR) return reply.Error(EPERM);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    std::string n(new_name);
+    // Through the inode's /proc link: the very inode, without the
+    // CAP_DAC_READ_SEARCH that AT_EMPTY_PATH needs.
+    const std::string self = ProcName(*inode);
+    if (linkat(proc_fd_.get(), self.c_str(), dir->fd.get(), n.c_str(), AT_SYMLINK_FOLLOW) != 0) {
+      return reply.Error(Errno());
+    }
+    Entry e;
+    if (int err = DoLookup(*dir, new_name, &e); err != 0) return reply.Error(err);
+    reply.Ok(e);
+  }
+  void Access(const RequestContext& ctx, uint64_t node, uint32_t mask,
+              Reply<void> reply) override {
+    auto inode = inodes_.Get(node);
+    if (!inode) return reply.Error(EBADF);
+    if (options_.readonly && (mask & W_OK) && inode->type != S_IFLNK) return reply.Error(EROFS);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    const std::string self = ProcName(*inode);
+    // AT_EACCESS: check as the fs ids set above, not the real ones.
+    if (faccessat(proc_fd_.get(), self.c_str(), static_cast<int>(mask), AT_EACCESS) != 0) {
+      return reply.Error(Errno());
+    }
+    reply.Ok();
+  }
+  void StatFs(const RequestContext&, uint64_t node, Reply<struct statvfs> reply) override {
+    auto inode = inodes_.Get(node);
+    if (!inode) return reply.Error(EBADF);
+    struct statvfs v;
+    if (fstatvfs(inode->fd.get(), &v) != 0) return reply.Error(Errno());
+    reply.Ok(v);
+  }
+
+  void Open(const RequestContext& ctx, uint64_t node, uint32_t flags,
+            Reply<OpenResult> reply) override {
+    auto inode = inodes_.Get(node);
+    if (!inode) return reply.Error(EBADF);
+    if (inode->type == S_IFDIR) return reply.Error(EISDIR);
+    if (inode->type == S_IFLNK) return reply.Error(ELOOP);
+    // Devices, fifos and sockets are never opened on the host
+    // (CVE-2020-35517): the guest kernel serves those nodes itself.
+    if (IsSpecial(inode->type)) return reply.Error(EPERM);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    const int open_flags = HostOpenFlags(flags);
+    if (options_.readonly && ((open_flags & O_ACCMODE) != O_RDONLY || (open_flags & O_TRUNC))) {
+      return reply.Error(EROFS);
+    }
+    UniqueFd fd(openat(proc_fd_.get(), ProcName(*inode).c_str(), open_flags));
+    if (!fd.valid()) return reply.Error(Errno());
+    auto h = std::make_shared<Handle>();
+    h->inode = inode;
+    h->fd = std::move(fd);
+    reply.Ok(OpenResult{handles_.Add(std::move(h)), FileOpenFlags()});
+  }
+
+  void Create(const RequestContext& ctx, uint64_t parent, std::string_view name, uint32_t mode,
+              uint32_t flags, uint32_t umask, Reply<CreateResult> reply) override {
+    if (options_.readonly) return reply.Error(EROFS);
+    auto dir = inodes_.Get(parent);
+    if (!dir) return reply.Error(EBADF);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    std::string n(name);
+    // O_NOFOLLOW: a symlink planted under this name is not followed out.
+    const int open_flags = HostOpenFlags(flags) | O_CREAT | O_NOFOLLOW | (flags & O_EXCL);
+    UniqueFd fd(openat(dir->fd.get(), n.c_str(), open_flags, Masked(mode, umask)));
+    if (!fd.valid()) return reply.Error(Errno());
+    CreateResult r;
+    if (int err = DoLookup(*dir, name, &r.entry); err != 0) return reply.Error(err);
+    auto h = std::make_shared<Handle>();
+    h->inode = inodes_.Get(r.entry.node_id);
+    h->fd = std::move(fd);
+    r.open = OpenResult{handles_.Add(std::move(h)), FileOpenFlags()};
+    reply.Ok(r);
+  }
+
+  void Read(const RequestContext&, uint64_t, const ReadRequest& req, ReadReply reply) override {
+    auto h = handles_.Get(req.handle);
+    if (!h) return reply.Error(EBADF);
+    auto iov = reply.buffers();
+    ssize_t n = preadv(h->fd.get(), iov.data(), static_cast<int>(iov.size()),
+                       static_cast<off_t>(req.offset));
+    if (n < 0) return reply.Error(Errno());
+    // A short read is the end of the file (a regular file).
+    reply.Ok(static_cast<uint32_t>(n));
+  }
+
+  void Write(const RequestContext& ctx, uint64_t, const WriteRequest& req,
+             Reply<uint32_t> reply) override {
+    if (options_.readonly) return reply.Error(EROFS);
+    auto h = handles_.Get(req.handle);
+    if (!h) return reply.Error(EBADF);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    size_t total = 0;
+    IovecVector iov(req.data.begin(), req.data.end());
+    // Writes go on until all is written: pwritev may return short.
+    while (total < req.size) {
+      ssize_t n = pwritev(h->fd.get(), iov.data(), static_cast<int>(iov.size()),
+                          static_cast<off_t>(req.offset + total));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (total == 0) return reply.Error(Errno());
+        break;
+      }
+      if (n == 0) break;
+      total += static_cast<size_t>(n);
+      io_internal::ConsumeIovecs(iov, static_cast<size_t>(n));
+    }
+    if (req.write_flags & FUSE_WRITE_KILL_SUIDGID) KillSuidGid(*h);
+    reply.Ok(static_cast<uint32_t>(total));
+  }
+
+  void Flush(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
+             Reply<void> reply) override {
+    if (!handles_.Get(handle)) return reply.Error(EBADF);
+    reply.Ok();
+  }
+  void Release(const RequestContext&, uint64_t, uint64_t handle, uint32_t, uint32_t release_flags,
+               uint64_t, Reply<void> reply) override {
+    auto h = handles_.Remove(handle);
+    if (!h) return reply.Error(EBADF);
+    if (release_flags & FUSE_RELEASE_FLOCK_UNLOCK) (void)flock(h->fd.get(), LOCK_UN);
+    reply.Ok();
+  }
+  void Fsync(const RequestContext&, uint64_t, uint64_t handle, bool datasync,
+             Reply<void> reply) override {
+    auto h = handles_.Get(handle);
+    if (!h) return reply.Error(EBADF);
+    if ((datasync ? fdatasync(h->fd.get()) : fsync(h->fd.get())) != 0) {
+      return reply.Error(Errno());
+    }
+    reply.Ok();
+  }
+
+  void OpenDir(const RequestContext& ctx, uint64_t node, uint32_t,
+               Reply<OpenResult> reply) override {
+    auto inode = inodes_.Get(node);
+    if (!inode) return reply.Error(EBADF);
+    if (inode->type != S_IFDIR) return reply.Error(ENOTDIR);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    UniqueFd fd(openat(proc_fd_.get(), ProcName(*inode).c_str(),
+                       O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd.valid()) return reply.Error(Errno());
+    auto h = std::make_shared<Handle>();
+    h->inode = inode;
+    h->fd = std::move(fd);
+    uint32_t open_flags = 0;
+    if (options_.cache == Cache::kAlways) open_flags |= FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR;
+    reply.Ok(OpenResult{handles_.Add(std::move(h)), open_flags});
+  }
+
+  void ReadDir(const RequestContext& ctx, uint64_t, uint64_t handle, uint64_t offset, bool plus,
+               DirReply reply) override;
+
+  void ReleaseDir(const RequestContext&, uint64_t, uint64_t handle, uint32_t,
+                  Reply<void> reply) override {
+    if (!handles_.Remove(handle)) return reply.Error(EBADF);
+    reply.Ok();
+  }
+  void FsyncDir(const RequestContext&, uint64_t, uint64_t handle, bool datasync,
+                Reply<void> reply) override {
+    auto h = handles_.Get(handle);
+    if (!h) return reply.Error(EBADF);
+    if ((datasync ? fdatasync(h->fd.get()) : fsync(h->fd.get())) != 0) {
+      return reply.Error(Errno());
+    }
+    reply.Ok();
+  }
+
+  // ---- passthrough_ext.cc ----
+  void SetXattr(const RequestContext& ctx, uint64_t node, std::string_view name,
+                std::span<const uint8_t> value, uint32_t flags, uint32_t setxattr_flags,
+                Reply<void> reply) override;
+  void GetXattr(const RequestContext& ctx, uint64_t node, std::string_view name,
+                Reply<std::string> reply) override;
+  void ListXattr(const RequestContext& ctx, uint64_t node, Reply<std::string> reply) override;
+  void RemoveXattr(const RequestContext& ctx, uint64_t node, std::string_view name,
+                   Reply<void> reply) override;
+  void GetLk(const RequestContext& ctx, uint64_t node, uint64_t handle, uint64_t owner,
+             const FileLock& lock, bool flock, Reply<FileLock> reply) override;
+  void SetLk(const RequestContext& ctx, uint64_t node, uint64_t handle, uint64_t owner,
+             const FileLock& lock, bool flock, bool wait, Reply<void> reply) override;
+  void Fallocate(const RequestContext& ctx, uint64_t node, uint64_t handle, uint64_t offset,
+                 uint64_t length, uint32_t mode, Reply<void> reply) override;
+  void Lseek(const RequestContext& ctx, uint64_t node, uint64_t handle, uint64_t offset,
+             uint32_t whence, Reply<uint64_t> reply) override;
+  void CopyFileRange(const RequestContext& ctx, uint64_t node_in, uint64_t handle_in,
+                     uint64_t offset_in, uint64_t node_out, uint64_t handle_out,
+                     uint64_t offset_out, uint64_t length, uint64_t flags,
+                     Reply<uint64_t> reply) override;
+  void TmpFile(const RequestContext& ctx, uint64_t parent, uint32_t mode, uint32_t flags,
+               uint32_t umask, Reply<CreateResult> reply) override;
+  void SyncFs(const RequestContext& ctx, uint64_t node, Reply<void> reply) override;
+  void Ioctl(const RequestContext& ctx, uint64_t node, uint64_t handle, uint32_t flags,
+             uint32_t cmd, uint64_t arg, std::span<const uint8_t> in, uint32_t out_size,
+             Reply<IoctlResult> reply) override;
+
+  // ---- PassthroughBackend ----
+  size_t inode_count() const override { return inodes_.size(); }
+  size_t handle_count() const override { return handles_.size(); }
+  const PassthroughOptions& options() const override { return options_; }
+
+ private:
+  std::string ProcName(const Inode& inode) const { return std::to_string(inode.fd.get()); }
+
+  // With FUSE_DONT_MASK the guest left the umask to us; otherwise it is
+  // already applied and applying it again changes nothing.
+  static mode_t Masked(uint32_t mode, uint32_t umask) { return mode & ~umask; }
+
+  double AttrTimeout() const {
+    switch (options_.cache) {
+      case Cache::kNever: return 0;
+      case Cache::kAuto: return 1;
+      default: return 86400;
+    }
+  }
+
+  uint32_t FileOpenFlags() const {
+    switch (options_.cache) {
+      case Cache::kNever:
+      case Cache::kMetadata:
+        return FOPEN_DIRECT_IO;
+      case Cache::kAlways:
+        return FOPEN_KEEP_CACHE;
+      default:
+        return 0;
+    }
+  }
+
+  // The guest's open flags as the host should see them.
+  int HostOpenFlags(uint32_t guest) const {
+    int f = static_cast<int>(guest);
+    f &= ~(O_CREAT | O_EXCL | O_NOCTTY);
+    if (!options_.allow_direct_io) f &= ~O_DIRECT;
+    if (flags_.load(std::memory_order_relaxed) & FUSE_WRITEBACK_CACHE) {
+      // The guest's page cache writes whole pages: it may need to read what
+      // it writes, and it does O_APPEND itself.
+      if ((f & O_ACCMODE) == O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+      f &= ~O_APPEND;
+    }
+    return f | O_CLOEXEC;
+  }
+
+  int Attr(const Inode& inode, Attributes* a) const {
+    struct statx x;
+    if (int e = StatxFd(inode.fd.get(), &x); e != 0) return e;
+    a->st = ToStat(x);
+    a->timeout = AttrTimeout();
+    if (options_.announce_submounts && S_ISDIR(x.stx_mode) && x.stx_mnt_id != root_->key.mnt_id) {
+      a->flags |= FUSE_ATTR_SUBMOUNT;
+    }
+    return 0;
+  }
+
+  // Looks `name` up under `parent`; one more lookup of the node on success.
+  int DoLookup(Inode& parent, std::string_view name, Entry* e) {
+    if (parent.type != S_IFDIR) return ENOTDIR;
+    const std::string n(name);
+    // ".." of the root is the root: the guest never leaves the share.
+    const char* target = parent.id == FUSE_ROOT_ID && name == ".." ? "." : n.c_str();
+    UniqueFd fd(openat(parent.fd.get(), target, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd.valid()) return Errno();
+    struct statx x;
+    if (int err = StatxFd(fd.get(), &x); err != 0) return err;
+    InodeKey key{x.stx_ino, makedev(x.stx_dev_major, x.stx_dev_minor), x.stx_mnt_id};
+    auto inode = inodes_.Intern(key, x.stx_mode & S_IFMT, std::move(fd));
+    e->node_id = inode->id;
+    e->generation = 0;
+    e->attr.st = ToStat(x);
+    e->attr.timeout = AttrTimeout();
+    e->entry_timeout = AttrTimeout();
+    if (options_.announce_submounts && S_ISDIR(x.stx_mode) && key.mnt_id != root_->key.mnt_id) {
+      e->attr.flags |= FUSE_ATTR_SUBMOUNT;
+    }
+    return 0;
+  }
+
+  // Creates with `make(dirfd)` as the caller, then looks the new name up.
+  template <typename F>
+  void Make(const RequestContext& ctx, uint64_t parent, std::string_view name, Reply<Entry> reply,
+            F make) {
+    if (options_.readonly) return reply.Error(EROFS);
+    auto dir = inodes_.Get(parent);
+    if (!dir) return reply.Error(EBADF);
+    if (dir->type != S_IFDIR) return reply.Error(ENOTDIR);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    if (make(dir->fd.get()) != 0) return reply.Error(Errno());
+    Entry e;
+    if (int err = DoLookup(*dir, name, &e); err != 0) return reply.Error(err);
+    reply.Ok(e);
+  }
+
+  void Remove(const RequestContext& ctx, uint64_t parent, std::string_view name, int flags,
+              Reply<void> reply) {
+    if (options_.readonly) return reply.Error(EROFS);
+    auto dir = inodes_.Get(parent);
+    if (!dir) return reply.Error(EBADF);
+    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (!creds.ok()) return reply.Error(creds.error());
+    std::string n(name);
+    if (unlinkat(dir->fd.get(), n.c_str(), flags) != 0) return reply.Error(Errno());
+    reply.Ok();
+  }
+
+  // FUSE_HANDLE_KILLPRIV_V2: the guest asks us to drop setuid, and setgid
+  // when group-executable, as its kernel would on a write.
+  void KillSuidGid(const Handle& h) {
+    struct stat st;
+    if (fstat(h.fd.get(), &st) != 0) return;
+    mode_t drop = S_ISUID;
+    if (st.st_mode & S_IXGRP) drop |= S_ISGID;
+    if (st.st_mode & drop) (void)fchmod(h.fd.get(), st.st_mode & ~drop & 07777);
+  }
+
+  PassthroughOptions options_;
+  UniqueFd proc_fd_;  // O_PATH of /proc/self/fd.
+  const bool as_root_;
+  std::shared_ptr<Inode> root_;
+  std::atomic<uint64_t> flags_{0};
+  InodeTable inodes_;
+  HandleTable handles_;
+};
+
+}  // namespace virtiofs::passthrough
+
+#endif  // VIRTIOFS_LIB_PASSTHROUGH_PASSTHROUGH_FS_H_
