@@ -1650,6 +1650,44 @@ TEST_CASE("COPY_FILE_RANGE: fuse_write_out; lengths fit 32 bits") {
     s.b().u64 = uint64_t{1} << 32;
     CHECK(s.h.Errno(s.h.Build(FUSE_COPY_FILE_RANGE, kFile, FuseBody().Add(in))) == -EIO);
   }
+  SECTION("an answer of more than asked is EIO") {
+    s.b().u64 = 65537;
+    CHECK(s.h.Errno(s.h.Build(FUSE_COPY_FILE_RANGE, kFile, FuseBody().Add(in))) == -EIO);
+  }
+}
+
+TEST_CASE("WRITE answered with more bytes than were sent: EIO") {
+  Session s;
+  auto in = Zeroed<fuse_write_in>();
+  in.size = 10;
+  s.b().u32 = 11;
+  CHECK(s.h.Errno(s.h.Build(FUSE_WRITE, kFile, FuseBody().Add(in).Raw("0123456789"))) == -EIO);
+  s.b().u32 = 10;
+  CHECK(s.h.Errno(s.h.Build(FUSE_WRITE, kFile, FuseBody().Add(in).Raw("0123456789"))) == 0);
+}
+
+TEST_CASE("READDIRPLUS: '.' and '..' are sent without a node; bad names end the listing") {
+  Session s;
+  Entry e;
+  e.node_id = 77;
+  e.attr.st.st_mode = S_IFDIR | 0755;
+  s.b().dir = {{".", 1, DT_DIR, 1, e}, {"..", 2, DT_DIR, 2, e}, {"f", 3, DT_REG, 3, e},
+               {"a/b", 4, DT_REG, 4, e}, {"g", 5, DT_REG, 5, e}};
+  auto in = Zeroed<fuse_read_in>();
+  in.size = 4096;
+  FuseReply r = s.h.Do(s.h.Build(FUSE_READDIRPLUS, kDir, FuseBody().Add(in)));
+  REQUIRE(r.error() == 0);
+  std::vector<std::pair<std::string, uint64_t>> got;
+  for (size_t pos = 0; pos < r.body.size();) {
+    auto* d = reinterpret_cast<const fuse_direntplus*>(r.body.data() + pos);
+    got.emplace_back(std::string(d->dirent.name, d->dirent.namelen), d->entry_out.nodeid);
+    pos += FUSE_DIRENTPLUS_SIZE(d);
+  }
+  REQUIRE(got.size() == 3);  // Stopped at "a/b": not sent, not counted.
+  CHECK(got[0] == std::make_pair(std::string("."), uint64_t{0}));
+  CHECK(got[1] == std::make_pair(std::string(".."), uint64_t{0}));
+  CHECK(got[2] == std::make_pair(std::string("f"), uint64_t{77}));
+  CHECK(s.b().dir_added == 3);
 }
 
 TEST_CASE("SETUPMAPPING and REMOVEMAPPING") {
@@ -2094,8 +2132,9 @@ TEST_CASE("Reply space smaller than fuse_out_header: completed with length 0") {
     }
     CHECK(s.b().call_count() == 0);
   }
-  SECTION("an empty reply, an error reply") {
+  SECTION("an empty reply, an error reply: the backend is not called either") {
     CHECK(s.h.DoRaw(s.h.Build(FUSE_UNLINK, kDir, FuseBody().Name("u")), {8}).len == 0);
+    CHECK(s.b().call_count() == 0);  // The guest could never learn the outcome.
     CHECK(s.h.DoRaw(s.h.Build(FUSE_UNLINK, kDir, FuseBody().Name("")), {8}).len == 0);
     CHECK(s.h.DoRaw(s.h.Build(4242, kDir), {}).len == 0);
   }

@@ -53,6 +53,7 @@ struct StatxResult {
 // Who sends a request. Arguments passed by string_view or span are valid
 // during the call only (copy what an asynchronous answer needs), except
 // WriteRequest::data and ReadReply::buffers(), valid until the reply.
+// (The umask of a creating request is an argument of that method.)
 struct RequestContext {
   uint64_t unique = 0;  // The request's FUSE unique id.
   uint32_t uid = 0;     // Caller's fsuid and fsgid in the guest.
@@ -98,8 +99,8 @@ struct SetAttrRequest {
   uint32_t uid = 0;
   uint32_t gid = 0;
   uint64_t size = 0;
-  timespec atime{};  // With FATTR_ATIME_NOW: the current time.
-  timespec mtime{};  // With FATTR_MTIME_NOW: the current time.
+  timespec atime{};  // FATTR_ATIME_NOW in `valid`: set "now" instead (not filled in).
+  timespec mtime{};  // FATTR_MTIME_NOW in `valid`: set "now" instead (not filled in).
   timespec ctime{};
   uint64_t lock_owner = 0;  // FATTR_LOCKOWNER.
   // FATTR_KILL_SUIDGID (HANDLE_KILLPRIV_V2): clear setuid/setgid.
@@ -200,9 +201,9 @@ class Reply<void> : public ReplyBase {
   }
 };
 
-// READ: the data goes into `buffers` (guest memory, `size` bytes in all, or
-// fewer when the guest gave less room). Ok(n) says how many bytes were
-// written there; n < size means end of file.
+// READ: the data goes into `buffers` (guest memory, exactly the `size` bytes
+// asked for). Ok(n) says how many bytes were written there; n < size means
+// end of file; n > size is refused with EIO.
 class ReadReply : public ReplyBase {
  public:
   using ReplyBase::ReplyBase;
@@ -210,16 +211,20 @@ class ReadReply : public ReplyBase {
   void Ok(uint32_t bytes);
 };
 
-// READDIR / READDIRPLUS: add entries until Add returns false (no room left;
-// that entry was not added), then Ok(). `next_offset` is the offset the guest
-// sends back to continue after this entry.
+// READDIR / READDIRPLUS: add entries until Add returns false (no room left,
+// or a name FUSE cannot carry; that entry was not added), then Ok().
+// `next_offset` is the offset the guest sends back to continue after this
+// entry. Error() only before adding: entries added and then discarded would
+// have been counted as lookups.
 class DirReply : public ReplyBase {
  public:
   using ReplyBase::ReplyBase;
   // READDIR. `type` is the file type in DT_* form.
   bool Add(std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset);
   // READDIRPLUS. An added entry counts as a lookup of entry.node_id
-  // (unless node_id is 0); an entry that did not fit does not.
+  // (unless node_id is 0); an entry that did not fit does not. "." and ".."
+  // are sent without a node (the guest takes no reference to them): give
+  // them node_id 0 and do not count them.
   bool AddPlus(std::string_view name, const Entry& entry, uint64_t next_offset);
   void Ok();
 };
@@ -258,7 +263,9 @@ class Backend {
   virtual uint64_t InitFlags() const { return 0; }
   // The negotiated session: the protocol minor and flags both sides agreed.
   virtual void Init(uint32_t minor, uint64_t flags) { (void)minor, (void)flags; }
-  // DESTROY, or the device stopping: every node and handle is forgotten.
+  // DESTROY, or an INIT that starts a new session: every node and handle is
+  // forgotten. Other queues may still be running requests of the ending
+  // session meanwhile: stay safe against them.
   virtual void Destroy() {}
 
   // ---- nodes ----

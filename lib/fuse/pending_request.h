@@ -34,8 +34,9 @@ class PendingRequest {
   void set_size_limit(uint32_t n) { size_limit_ = n; }
   uint32_t size_limit() const { return size_limit_; }
 
-  // READ: the guest memory the data goes to.
-  IovecVector& read_buffers() { return read_buffers_; }
+  // READ: the guest memory the data goes to; WRITE: the data. Kept here so
+  // they stay valid until the reply, however late it comes.
+  IovecVector& data_buffers() { return data_buffers_; }
 
   // Replies -err with no payload, then completes (deletes this).
   void Fail(int err);
@@ -61,7 +62,7 @@ class PendingRequest {
   uint32_t size_limit_ = 0;
   ChainWriter header_;
   ChainWriter payload_;
-  IovecVector read_buffers_;
+  IovecVector data_buffers_;
 };
 
 template <typename T>

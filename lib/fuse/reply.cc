@@ -221,7 +221,12 @@ void Answer(PendingRequest* r, uint32_t v) {
     r->Succeed({Bytes(out)});
     return;
   }
-  fuse_write_out out{};  // WRITE
+  if (v > r->size_limit()) {  // WRITE: more than the guest sent.
+    VIRTIOFS_LOG(kError, "fuse: WRITE answered {} bytes for {} sent: EIO", v, r->size_limit());
+    r->Fail(EIO);
+    return;
+  }
+  fuse_write_out out{};
   out.size = v;
   r->Succeed({Bytes(out)});
 }
@@ -240,8 +245,8 @@ void Answer(PendingRequest* r, uint64_t v) {
       r->Succeed({Bytes(out)});
       return;
     }
-    default: {  // COPY_FILE_RANGE: the wire carries 32 bits.
-      if (v > UINT32_MAX) {
+    default: {  // COPY_FILE_RANGE: never more than asked (which fits 32 bits).
+      if (v > r->size_limit()) {
         r->Fail(EIO);
         return;
       }
@@ -307,7 +312,7 @@ void ReplyBase::Error(int err) {
 
 std::span<const iovec> ReadReply::buffers() const {
   if (request_ == nullptr) return {};
-  return request_->read_buffers();
+  return request_->data_buffers();
 }
 
 void ReadReply::Ok(uint32_t bytes) {
@@ -331,9 +336,11 @@ namespace {
 // size the guest asked for; false otherwise.
 bool AddDirent(fuse_internal::PendingRequest* r, const fuse_entry_out* entry,
                std::string_view name, uint64_t ino, uint32_t type, uint64_t next_offset) {
-  if (name.empty() || name.size() > kFuseNameMax) {
-    VIRTIOFS_LOG(kWarning, "fuse: directory entry with a name of {} bytes skipped", name.size());
-    return true;
+  // A name FUSE cannot carry ends the listing here: skipping it would let a
+  // READDIRPLUS backend count a lookup the guest never receives.
+  if (name.empty() || name.size() > kFuseNameMax || name.find('/') != std::string_view::npos) {
+    VIRTIOFS_LOG(kWarning, "fuse: directory entry name of {} bytes cannot be sent", name.size());
+    return false;
   }
   const size_t head = entry ? sizeof(fuse_entry_out) : 0;
   const size_t rec = FUSE_DIRENT_ALIGN(FUSE_NAME_OFFSET + name.size());
@@ -365,6 +372,12 @@ bool DirReply::AddPlus(std::string_view name, const Entry& entry, uint64_t next_
   if (request_ == nullptr) return false;
   fuse_entry_out out;
   fuse_internal::FillEntry(entry, &out);
+  // The guest takes no reference for "." and ".." (fs/fuse/readdir.c,
+  // fuse_direntplus_link): never send them a node.
+  if (name == "." || name == "..") {
+    out.nodeid = 0;
+    out.generation = 0;
+  }
   return AddDirent(request_, &out, name, entry.attr.st.st_ino,
                    (entry.attr.st.st_mode & S_IFMT) >> 12, next_offset);
 }

@@ -221,6 +221,13 @@ void FuseDispatcher::Run(ChainReader& in) {
   if (!Check(ext <= body)) return;
   const bool no_reply =
       h_.opcode == FUSE_FORGET || h_.opcode == FUSE_BATCH_FORGET || h_.opcode == FUSE_INTERRUPT;
+  if (!no_reply && !r_->header_fits()) {
+    // The guest could never learn the outcome: do not run it at all.
+    VIRTIOFS_LOG(kWarning, "fuse: request {} (opcode {}) has no room for a reply: dropped",
+                 h_.unique, h_.opcode);
+    Release()->CompleteSilently();
+    return;
+  }
   if (h_.opcode != FUSE_INIT && !s_->initialized()) {
     if (no_reply) {
       Release()->CompleteSilently();
@@ -246,8 +253,10 @@ void FuseDispatcher::Run(ChainReader& in) {
     // WriteRequest::data must stay valid until the reply, which may come
     // after this returns: the iovecs live in the request (its READ buffer
     // list, unused by a WRITE).
-    IovecVector& data = r_->read_buffers();
+    IovecVector& data = r_->data_buffers();
     if (!Check(in.TakeIovecs(w.size, &data).ok())) return;
+    r_->set_size_limit(w.size);  // Ok(n) may not claim more.
+
     req.data = data;
     b_->Write(ctx_, h_.nodeid, req, Hand<Reply<uint32_t>>());
     return;
@@ -464,7 +473,6 @@ void FuseDispatcher::Dispatch(Args& a) {
     }
     case FUSE_READLINK:
       if (!Done(a)) return;
-      r_->set_size_limit(static_cast<uint32_t>(std::min<size_t>(r_->payload_space(), PATH_MAX)));
       b_->ReadLink(ctx_, node, Hand<Reply<std::string>>());
       return;
     case FUSE_SYMLINK:
@@ -551,7 +559,7 @@ void FuseDispatcher::Dispatch(Args& a) {
       req.read_flags = rd.read_flags;
       req.lock_owner = rd.lock_owner;
       r_->set_size_limit(rd.size);
-      (void)r_->payload().PeekIovecs(rd.size, &r_->read_buffers());  // Fits: checked.
+      (void)r_->payload().PeekIovecs(rd.size, &r_->data_buffers());  // Fits: checked.
       b_->Read(ctx_, node, req, Hand<ReadReply>());
       return;
     }
@@ -720,6 +728,7 @@ void FuseDispatcher::Dispatch(Args& a) {
       if (!Check(a.Take(&c)) || !Done(a) || !Room(sizeof(fuse_write_out))) return;
       // The reply carries 32 bits; the kernel never asks for more.
       const uint64_t len = std::min<uint64_t>(c.len, UINT32_MAX & ~uint64_t{4095});
+      r_->set_size_limit(static_cast<uint32_t>(len));  // Ok(n) may not claim more.
       b_->CopyFileRange(ctx_, node, c.fh_in, c.off_in, c.nodeid_out, c.fh_out, c.off_out, len,
                         c.flags, Hand<Reply<uint64_t>>());
       return;
