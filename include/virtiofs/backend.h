@@ -50,6 +50,21 @@ struct StatxResult {
   uint32_t flags = 0;    // FUSE_ATTR_SUBMOUNT, FUSE_ATTR_DAX.
 };
 
+// Per-queue machinery a backend may keep on each queue's worker, such as an
+// io_uring: requests of that queue find it in RequestContext::queue, and the
+// worker runs it (see Backend::CreateQueueContext).
+class QueueContext {
+ public:
+  virtual ~QueueContext() = default;
+  // The worker polls this fd (-1: none) and calls Process() on its thread
+  // when it is readable (e.g. reaping completions that answer replies).
+  virtual int fd() const = 0;
+  virtual void Process() = 0;
+  // Called by the worker after each batch of requests (e.g. submitting what
+  // the batch queued, one system call for many requests).
+  virtual void Flush() = 0;
+};
+
 // Who sends a request. Arguments passed by string_view or span are valid
 // during the call only (copy what an asynchronous answer needs), except
 // WriteRequest::data and ReadReply::buffers(), valid until the reply.
@@ -63,6 +78,9 @@ struct RequestContext {
   std::optional<uint32_t> supplementary_gid;
   // Security context of a new node (FUSE_SECURITY_CTX): xattr name and value.
   std::optional<std::pair<std::string, std::string>> security_context;
+  // The QueueContext of the queue the request came on (its worker's thread
+  // runs this call), or nullptr when the backend made none.
+  QueueContext* queue = nullptr;
 };
 
 // Attributes of a node, with how long the guest may cache them.
@@ -263,6 +281,12 @@ class Backend {
   virtual uint64_t InitFlags() const { return 0; }
   // The negotiated session: the protocol minor and flags both sides agreed.
   virtual void Init(uint32_t minor, uint64_t flags) { (void)minor, (void)flags; }
+  // Called on each queue's worker when it starts; nullptr (the default):
+  // requests of that queue get no QueueContext.
+  virtual std::unique_ptr<QueueContext> CreateQueueContext(uint32_t queue_index) {
+    (void)queue_index;
+    return nullptr;
+  }
   // DESTROY, or an INIT that starts a new session: every node and handle is
   // forgotten. Other queues may still be running requests of the ending
   // session meanwhile: stay safe against them.

@@ -54,8 +54,9 @@ class FuseSession {
   FuseSession(const FuseSession&) = delete;
   FuseSession& operator=(const FuseSession&) = delete;
 
-  // Decodes `chain`, runs it, and hands it to `sink` when answered.
-  void Handle(DescriptorChain chain, CompletionSink* sink);
+  // Decodes `chain`, runs it, and hands it to `sink` when answered. `queue`
+  // is the calling worker's QueueContext, given to the backend.
+  void Handle(DescriptorChain chain, CompletionSink* sink, QueueContext* queue = nullptr);
 
   // Ends the session: the backend forgets everything and the next request
   // must be INIT. DESTROY does this; so does an INIT on a live session (a

@@ -50,6 +50,9 @@ struct PassthroughOptions {
   bool allow_direct_io = false;   // Keep O_DIRECT from the guest.
   bool posix_locks = true;        // FUSE_POSIX_LOCKS (host OFD locks).
   bool flock = true;              // FUSE_FLOCK_LOCKS.
+  // File data I/O: io_uring on each queue worker (falls back to the
+  // synchronous engine where io_uring is unavailable), or synchronous.
+  IoEngineKind io_engine = IoEngineKind::kUring;
   // Drop the process's supplementary groups at creation (CVE-2022-0358); a
   // library user who manages credentials itself can turn this off.
   bool drop_supplementary_groups = true;

@@ -40,8 +40,9 @@ void Drain(int fd) {
 // threads are queued and handed over through `wake_`.
 class VirtioFsDevice::Worker : public CompletionSink {
  public:
-  Worker(FuseSession* session, Vring* vring)
+  Worker(FuseSession* session, Backend* backend, Vring* vring)
       : session_(session),
+        backend_(backend),
         vring_(vring),
         stop_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
         wake_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
@@ -104,9 +105,10 @@ class VirtioFsDevice::Worker : public CompletionSink {
           continue;
         }
         if (!*r) break;
-        session_->Handle(std::move(chain), this);
+        session_->Handle(std::move(chain), this, queue_.get());
         chain = DescriptorChain();
       }
+      if (queue_) queue_->Flush();  // One submission for the whole batch.
       vring_->Flush();
       if (broken_ || !vring_->EnableNotification()) break;
       vring_->DisableNotification();
@@ -115,14 +117,23 @@ class VirtioFsDevice::Worker : public CompletionSink {
 
   void Run() {
     worker_id_ = std::this_thread::get_id();
+    // Made on this thread: it belongs to it (an io_uring, say).
+    queue_ = backend_->CreateQueueContext(vring_->index());
+    const int queue_fd = queue_ ? queue_->fd() : -1;
     bool stopping = false;
     for (;;) {
       if (stopping && vring_->in_flight() == 0) break;
-      pollfd fds[3] = {{wake_.get(), POLLIN, 0},
+      pollfd fds[4] = {{wake_.get(), POLLIN, 0},
                        {stop_.get(), POLLIN, 0},
                        {vring_->kick_fd(), static_cast<short>(stopping || broken_ ? 0 : POLLIN),
-                        0}};
-      if (poll(fds, 3, -1) < 0) continue;
+                        0},
+                       {queue_fd, POLLIN, 0}};
+      if (poll(fds, queue_fd >= 0 ? 4 : 3, -1) < 0) continue;
+      if (queue_fd >= 0 && fds[3].revents) {
+        queue_->Process();  // Completions answer replies on this thread.
+        queue_->Flush();
+        vring_->Flush();
+      }
       if (fds[0].revents) {
         Drain(wake_.get());
         DrainRemote();
@@ -138,9 +149,12 @@ class VirtioFsDevice::Worker : public CompletionSink {
       }
     }
     vring_->Flush();
+    queue_.reset();
   }
 
   FuseSession* session_;
+  Backend* backend_;
+  std::unique_ptr<QueueContext> queue_;
   Vring* vring_;
   UniqueFd stop_;
   UniqueFd wake_;
@@ -204,7 +218,7 @@ void VirtioFsDevice::StartQueue(Vring& vring) {
     const uint32_t pages = vring.size() > kHeaderDescriptors ? vring.size() - kHeaderDescriptors : 1;
     session_->LimitMaxPages(pages);
   }
-  auto worker = std::make_unique<Worker>(session_.get(), &vring);
+  auto worker = std::make_unique<Worker>(session_.get(), backend_, &vring);
   Worker* raw = worker.get();
   {
     std::lock_guard lock(mu_);

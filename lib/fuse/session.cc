@@ -111,8 +111,9 @@ bool TakeName(Args& a, NameUse use, std::string_view* name, int* err) {
 // The decoder, a friend of FuseSession. One per request, on the stack.
 class FuseDispatcher {
  public:
-  FuseDispatcher(FuseSession* s, PendingRequest* r, const fuse_in_header& h)
+  FuseDispatcher(FuseSession* s, PendingRequest* r, const fuse_in_header& h, QueueContext* queue)
       : s_(s), b_(s->backend_), r_(r), h_(h) {
+    ctx_.queue = queue;
     ctx_.unique = h.unique;
     ctx_.uid = h.uid;
     ctx_.gid = h.gid;
@@ -185,7 +186,7 @@ void FuseSession::Reset() {
   if (initialized_.exchange(false)) backend_->Destroy();
 }
 
-void FuseSession::Handle(DescriptorChain chain, CompletionSink* sink) {
+void FuseSession::Handle(DescriptorChain chain, CompletionSink* sink, QueueContext* queue) {
   auto* req = new PendingRequest(std::move(chain), sink);
   // The reader must use the chain where the request keeps it.
   ChainReader in(req->chain().readable());
@@ -198,7 +199,7 @@ void FuseSession::Handle(DescriptorChain chain, CompletionSink* sink) {
   }
   req->set_header(h.unique, h.opcode);
   counts_[h.opcode < kMaxOpcode ? h.opcode : 0].fetch_add(1, std::memory_order_relaxed);
-  FuseDispatcher d(this, req, h);
+  FuseDispatcher d(this, req, h, queue);
   // No exception crosses the Backend boundary: one that escapes is EIO (the
   // Reply it was given replies EIO as it unwinds).
   try {

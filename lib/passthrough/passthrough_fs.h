@@ -275,10 +275,28 @@ class PassthroughFs final : public PassthroughBackend {
     reply.Ok(r);
   }
 
-  void Read(const RequestContext&, uint64_t, const ReadRequest& req, ReadReply reply) override {
+  std::unique_ptr<QueueContext> CreateQueueContext(uint32_t) override {
+    if (options_.io_engine != IoEngineKind::kUring) return nullptr;
+    auto engine = IoEngine::CreateBest();
+    if (engine->kind() != IoEngineKind::kUring) return nullptr;  // Inline I/O then.
+    return std::make_unique<EngineContext>(std::move(engine));
+  }
+
+  void Read(const RequestContext& ctx, uint64_t, const ReadRequest& req,
+            ReadReply reply) override {
     auto h = handles_.Get(req.handle);
     if (!h) return reply.Error(EBADF);
     auto iov = reply.buffers();
+    if (IoEngine* engine = EngineOf(ctx)) {
+      // Straight from the file into guest memory; the handle stays open
+      // until the completion.
+      engine->Readv(h->fd.get(), iov, static_cast<int64_t>(req.offset),
+                    [h, r = std::move(reply)](int64_t n) mutable {
+                      if (n < 0) return r.Error(static_cast<int>(-n));
+                      r.Ok(static_cast<uint32_t>(n));
+                    });
+      return;
+    }
     ssize_t n = preadv(h->fd.get(), iov.data(), static_cast<int>(iov.size()),
                        static_cast<off_t>(req.offset));
     if (n < 0) return reply.Error(Errno());
@@ -291,6 +309,16 @@ class PassthroughFs final : public PassthroughBackend {
     if (options_.readonly) return reply.Error(EROFS);
     auto h = handles_.Get(req.handle);
     if (!h) return reply.Error(EBADF);
+    const bool kill = (req.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+    if (IoEngine* engine = EngineOf(ctx)) {
+      engine->Writev(h->fd.get(), req.data, static_cast<int64_t>(req.offset),
+                     [this, h, kill, r = std::move(reply)](int64_t n) mutable {
+                       if (n < 0) return r.Error(static_cast<int>(-n));
+                       if (kill) KillSuidGid(*h);
+                       r.Ok(static_cast<uint32_t>(n));
+                     });
+      return;
+    }
     ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
     if (!creds.ok()) return reply.Error(creds.error());
     size_t total = 0;
@@ -308,7 +336,7 @@ class PassthroughFs final : public PassthroughBackend {
       total += static_cast<size_t>(n);
       io_internal::ConsumeIovecs(iov, static_cast<size_t>(n));
     }
-    if (req.write_flags & FUSE_WRITE_KILL_SUIDGID) KillSuidGid(*h);
+    if (kill) KillSuidGid(*h);
     reply.Ok(static_cast<uint32_t>(total));
   }
 
@@ -324,10 +352,17 @@ class PassthroughFs final : public PassthroughBackend {
     if (release_flags & FUSE_RELEASE_FLOCK_UNLOCK) (void)flock(h->fd.get(), LOCK_UN);
     reply.Ok();
   }
-  void Fsync(const RequestContext&, uint64_t, uint64_t handle, bool datasync,
+  void Fsync(const RequestContext& ctx, uint64_t, uint64_t handle, bool datasync,
              Reply<void> reply) override {
     auto h = handles_.Get(handle);
     if (!h) return reply.Error(EBADF);
+    if (IoEngine* engine = EngineOf(ctx)) {
+      engine->Fsync(h->fd.get(), datasync, [h, r = std::move(reply)](int64_t n) mutable {
+        if (n < 0) return r.Error(static_cast<int>(-n));
+        r.Ok();
+      });
+      return;
+    }
     if ((datasync ? fdatasync(h->fd.get()) : fsync(h->fd.get())) != 0) {
       return reply.Error(Errno());
     }
@@ -404,6 +439,24 @@ class PassthroughFs final : public PassthroughBackend {
   const PassthroughOptions& options() const override { return options_; }
 
  private:
+  // A queue worker's io_uring.
+  class EngineContext final : public QueueContext {
+   public:
+    explicit EngineContext(std::unique_ptr<IoEngine> engine) : engine_(std::move(engine)) {}
+    int fd() const override { return engine_->completion_fd(); }
+    void Process() override { engine_->Reap(); }
+    void Flush() override { engine_->Submit(); }
+    IoEngine* engine() { return engine_.get(); }
+
+   private:
+    std::unique_ptr<IoEngine> engine_;
+  };
+  // The engine of the request's queue, or nullptr: do the I/O inline.
+  static IoEngine* EngineOf(const RequestContext& ctx) {
+    auto* e = dynamic_cast<EngineContext*>(ctx.queue);
+    return e ? e->engine() : nullptr;
+  }
+
   std::string ProcName(const Inode& inode) const { return std::to_string(inode.fd.get()); }
 
   // With FUSE_DONT_MASK the guest left the umask to us; otherwise it is

@@ -531,6 +531,10 @@ absl::Status VhostUserBackend::SetVringFd(Message& m) {
       if (rs.vring) {
         auto dup = fd.Dup();
         rs.vring->SetCallFd(dup.ok() ? *std::move(dup) : UniqueFd());
+        // A completion may have signalled the old fd just before: signal
+        // the new one once, so the guest cannot miss it (a spurious
+        // interrupt is harmless; libvhost-user does the same).
+        rs.vring->Notify();
       }
       rs.call = std::move(fd);
       return absl::OkStatus();
