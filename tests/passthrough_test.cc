@@ -186,6 +186,11 @@ TEST_CASE("create, write, read back, truncate, release") {
   CHECK(e.backend->handle_count() == 0);
   CHECK(e.Call(FUSE_RELEASE, entry.nodeid, FuseBody().Add(rel)).error() == -EBADF);
 
+  // Linux guests pass O_NOFOLLOW through: the open still works.
+  const uint64_t again = e.Open(entry.nodeid, O_RDONLY | O_NOFOLLOW);
+  fuse_release_in rel2{again, 0, 0, 0};
+  CHECK(e.Call(FUSE_RELEASE, entry.nodeid, FuseBody().Add(rel2)).error() == 0);
+
   // O_EXCL on an existing name.
   fuse_create_in excl{O_RDWR | O_CREAT | O_EXCL, S_IFREG | 0600, 0, 0};
   CHECK(e.Call(FUSE_CREATE, FUSE_ROOT_ID, FuseBody().Add(excl).Name("new.bin")).error() ==

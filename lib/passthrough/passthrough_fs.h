@@ -486,7 +486,9 @@ class PassthroughFs final : public PassthroughBackend {
   // The guest's open flags as the host should see them.
   int HostOpenFlags(uint32_t guest) const {
     int f = static_cast<int>(guest);
-    f &= ~(O_CREAT | O_EXCL | O_NOCTTY);
+    // O_NOFOLLOW: the node is known not to be a symlink, and the reopen
+    // through /proc/self/fd/N is itself a (magic) link that must be followed.
+    f &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
     if (!options_.allow_direct_io) f &= ~O_DIRECT;
     if (flags_.load(std::memory_order_relaxed) & FUSE_WRITEBACK_CACHE) {
       // The guest's page cache writes whole pages: it may need to read what
@@ -576,6 +578,15 @@ class PassthroughFs final : public PassthroughBackend {
   std::atomic<uint64_t> flags_{0};
   InodeTable inodes_;
   HandleTable handles_;
+
+  // passthrough_ext.cc helpers
+  // Threads that answer SETLKW requests which must wait for the lock.
+  class LockWaiters;
+  static std::shared_ptr<LockWaiters> MakeLockWaiters();
+  // Declared last: destroyed first, so its threads are stopped and joined
+  // before anything else of the backend goes. (shared_ptr: LockWaiters is
+  // complete only in passthrough_ext.cc.)
+  std::shared_ptr<LockWaiters> lock_waiters_ = MakeLockWaiters();
 };
 
 }  // namespace virtiofs::passthrough
