@@ -127,6 +127,9 @@ int main(int argc, char** argv) {
   popt.posix_acl = vm.count("posix-acl") > 0;
   popt.xattr = vm.count("xattr") > 0 || popt.posix_acl;
 
+  // Modes from the guest are exact (its umask is applied by it or by the
+  // backend); the queue workers also set a umask of 0 of their own.
+  umask(0);
   auto backend = PassthroughBackend::Create(popt);
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
   VirtioFsDeviceOptions dopt;

@@ -71,6 +71,9 @@ void PassthroughFs::SetAttr(const RequestContext& ctx, uint64_t node, const SetA
       UniqueFd fd(openat(proc_fd_.get(), self.c_str(), O_WRONLY | O_CLOEXEC));
       if (!fd.valid()) return reply.Error(Errno());
       r = ftruncate(fd.get(), static_cast<off_t>(in.size));
+      // HANDLE_KILLPRIV_V2: the guest asks; a root thread keeps CAP_FSETID,
+      // so the host would not clear the bits by itself.
+      if (r == 0 && in.kill_suidgid()) KillSuidGid(fd.get());
     }
     if (r != 0) return reply.Error(Errno());
     if (in.kill_suidgid() && h) KillSuidGid(*h);
@@ -154,8 +157,6 @@ absl::StatusOr<std::unique_ptr<PassthroughBackend>> PassthroughBackend::Create(
       return absl::ErrnoToStatus(e, "drop supplementary groups");
     }
   }
-  // Modes from the guest are applied as given (it or we apply its umask).
-  umask(0);
   auto fs = std::make_unique<passthrough::PassthroughFs>(std::move(options), std::move(proc));
   if (absl::Status s = fs->Init(std::move(root)); !s.ok()) return s;
   return std::unique_ptr<PassthroughBackend>(std::move(fs));

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sched.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -262,9 +263,23 @@ class PassthroughFs final : public PassthroughBackend {
     ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
     if (!creds.ok()) return reply.Error(creds.error());
     std::string n(name);
-    // O_NOFOLLOW: a symlink planted under this name is not followed out.
-    const int open_flags = HostOpenFlags(flags) | O_CREAT | O_NOFOLLOW | (flags & O_EXCL);
-    UniqueFd fd(openat(dir->fd.get(), n.c_str(), open_flags, Masked(mode, umask)));
+    // O_EXCL first: only a file we create is opened this way. O_NOFOLLOW: a
+    // symlink planted under this name is not followed out.
+    UniqueFd fd(openat(dir->fd.get(), n.c_str(), HostOpenFlags(flags) | O_CREAT | O_EXCL |
+                       O_NOFOLLOW, Masked(mode, umask)));
+    if (!fd.valid() && errno == EEXIST && !(flags & O_EXCL)) {
+      // The name exists: open it as OPEN would, which never opens a device,
+      // fifo or socket on the host (CVE-2020-35517). The O_PATH fd pins the
+      // inode between the type check and the open.
+      UniqueFd path(openat(dir->fd.get(), n.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+      if (!path.valid()) return reply.Error(Errno());
+      struct statx x;
+      if (int e = StatxFd(path.get(), &x); e != 0) return reply.Error(e);
+      if (S_ISLNK(x.stx_mode)) return reply.Error(ELOOP);
+      if (S_ISDIR(x.stx_mode)) return reply.Error(EISDIR);
+      if (!S_ISREG(x.stx_mode)) return reply.Error(EPERM);
+      fd.reset(openat(proc_fd_.get(), std::to_string(path.get()).c_str(), HostOpenFlags(flags)));
+    }
     if (!fd.valid()) return reply.Error(Errno());
     CreateResult r;
     if (int err = DoLookup(*dir, name, &r.entry); err != 0) return reply.Error(err);
@@ -276,6 +291,15 @@ class PassthroughFs final : public PassthroughBackend {
   }
 
   std::unique_ptr<QueueContext> CreateQueueContext(uint32_t) override {
+    // Runs on the queue's worker thread. Guest modes are exact (the guest,
+    // or we, applied its umask): this thread gets a file-system context of
+    // its own with umask 0, leaving the process's umask alone.
+    if (unshare(CLONE_FS) == 0) {
+      umask(0);
+    } else {
+      VIRTIOFS_LOG(kWarning, "unshare(CLONE_FS): {}; the process umask applies to new files",
+                   strerror(errno));
+    }
     if (options_.io_engine != IoEngineKind::kUring) return nullptr;
     auto engine = IoEngine::CreateBest();
     if (engine->kind() != IoEngineKind::kUring) return nullptr;  // Inline I/O then.
@@ -518,6 +542,9 @@ class PassthroughFs final : public PassthroughBackend {
     const char* target = parent.id == FUSE_ROOT_ID && name == ".." ? "." : n.c_str();
     UniqueFd fd(openat(parent.fd.get(), target, O_PATH | O_NOFOLLOW | O_CLOEXEC));
     if (!fd.valid()) return Errno();
+    // ".." of a directory the host moved out of the share would lead out:
+    // it must still reach the root going up.
+    if (name == ".." && parent.id != FUSE_ROOT_ID && !BeneathRoot(fd.get())) return EACCES;
     struct statx x;
     if (int err = StatxFd(fd.get(), &x); err != 0) return err;
     InodeKey key{x.stx_ino, makedev(x.stx_dev_major, x.stx_dev_minor), x.stx_mnt_id};
@@ -563,12 +590,37 @@ class PassthroughFs final : public PassthroughBackend {
 
   // FUSE_HANDLE_KILLPRIV_V2: the guest asks us to drop setuid, and setgid
   // when group-executable, as its kernel would on a write.
-  void KillSuidGid(const Handle& h) {
+  void KillSuidGid(const Handle& h) { KillSuidGid(h.fd.get()); }
+  static void KillSuidGid(int fd) {
     struct stat st;
-    if (fstat(h.fd.get(), &st) != 0) return;
+    if (fstat(fd, &st) != 0) return;
     mode_t drop = S_ISUID;
     if (st.st_mode & S_IXGRP) drop |= S_ISGID;
-    if (st.st_mode & drop) (void)fchmod(h.fd.get(), st.st_mode & ~drop & 07777);
+    if (st.st_mode & drop) (void)fchmod(fd, st.st_mode & ~drop & 07777);
+  }
+
+  // Whether `fd` (a directory reached through "..") is the share's root or
+  // below it: walk up to the root, or to the host's "/" (outside).
+  bool BeneathRoot(int fd) const {
+    UniqueFd cur;
+    int at = fd;
+    for (int depth = 0; depth < 4096; ++depth) {
+      struct statx x;
+      if (StatxFd(at, &x) != 0) return false;
+      const InodeKey key{x.stx_ino, makedev(x.stx_dev_major, x.stx_dev_minor), x.stx_mnt_id};
+      if (key == root_->key) return true;
+      UniqueFd up(openat(at, "..", O_PATH | O_NOFOLLOW | O_CLOEXEC | O_DIRECTORY));
+      if (!up.valid()) return false;
+      struct statx u;
+      if (StatxFd(up.get(), &u) != 0) return false;
+      if (u.stx_ino == x.stx_ino && u.stx_dev_major == x.stx_dev_major &&
+          u.stx_dev_minor == x.stx_dev_minor && u.stx_mnt_id == x.stx_mnt_id) {
+        return false;  // The host's "/": the share was never met.
+      }
+      cur = std::move(up);
+      at = cur.get();
+    }
+    return false;
   }
 
   PassthroughOptions options_;
