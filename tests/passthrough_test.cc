@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -424,6 +425,49 @@ TEST_CASE("no fd leak over a session") {
     CHECK(e.backend->inode_count() == 1);
   }
   CHECK(CountFds() == before);
+}
+
+}  // namespace
+}  // namespace virtiofs
+
+namespace virtiofs {
+namespace {
+
+TEST_CASE("security labels (FUSE_SECURITY_CTX) are set on new nodes, or the creation fails") {
+  PassthroughOptions o;
+  o.security_label = true;
+  TempDir dir;
+  o.root = dir.path;
+  auto b = PassthroughBackend::Create(o);
+  REQUIRE(b.ok());
+  FuseHarness h(b->get());
+  auto init = h.Init(FUSE_SECURITY_CTX);
+  auto out = init.BodyPrefixAs<fuse_init_out>(24);
+  REQUIRE(out.ok());
+  REQUIRE((uint64_t{out->flags2} << 32 & FUSE_SECURITY_CTX) != 0);
+  // user.* stands in for security.* (no LSM on the test host).
+  auto ext = testing::BuildSecurityContext("user.label", "system_u:object_r:x_t");
+  fuse_mkdir_in m{0755, 0};
+  auto r = h.Call(testing::BuildRequestWithExtensions(FUSE_MKDIR, h.NextUnique(), FUSE_ROOT_ID,
+                                                      FuseBody().Add(m).Name("d").bytes(), ext));
+  REQUIRE(r.error() == 0);
+  char value[64] = {};
+  ssize_t n = getxattr((dir / "d").c_str(), "user.label", value, sizeof value);
+  CHECK(std::string(value, n > 0 ? static_cast<size_t>(n) : 0) == "system_u:object_r:x_t");
+
+  fuse_create_in c{O_RDWR | O_CREAT, S_IFREG | 0644, 0, 0};
+  r = h.Call(testing::BuildRequestWithExtensions(FUSE_CREATE, h.NextUnique(), FUSE_ROOT_ID,
+                                                 FuseBody().Add(c).Name("f").bytes(), ext));
+  REQUIRE(r.error() == 0);
+  n = getxattr((dir / "f").c_str(), "user.label", value, sizeof value);
+  CHECK(n == 21);
+
+  // A label the host refuses: nothing is left behind.
+  auto bad = testing::BuildSecurityContext("bogus.label", "x");
+  r = h.Call(testing::BuildRequestWithExtensions(FUSE_MKDIR, h.NextUnique(), FUSE_ROOT_ID,
+                                                 FuseBody().Add(m).Name("e").bytes(), bad));
+  CHECK(r.error() == -EOPNOTSUPP);
+  CHECK_FALSE(fs::exists(dir / "e"));
 }
 
 }  // namespace

@@ -10,12 +10,14 @@
 #include <sys/syscall.h>
 #include <sched.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <string>
 
 #include "absl/strings/str_format.h"
+#include "lib/fuse/fuse_compat.h"
 #include "lib/io/engines.h"
 #include "lib/passthrough/credentials.h"
 #include "lib/passthrough/inode_table.h"
@@ -93,6 +95,8 @@ class PassthroughFs final : public PassthroughBackend {
     if (options_.announce_submounts) f |= FUSE_SUBMOUNTS;
     if (options_.posix_acl && options_.xattr) f |= FUSE_POSIX_ACL;
     if (options_.security_label) f |= FUSE_SECURITY_CTX;
+    // The group arrives per request and is used for creating (credentials).
+    f |= FUSE_CREATE_SUPP_GROUP;
     return f;
   }
   void Init(uint32_t, uint64_t flags) override { flags_.store(flags, std::memory_order_relaxed); }
@@ -267,6 +271,7 @@ class PassthroughFs final : public PassthroughBackend {
     // symlink planted under this name is not followed out.
     UniqueFd fd(openat(dir->fd.get(), n.c_str(), HostOpenFlags(flags) | O_CREAT | O_EXCL |
                        O_NOFOLLOW, Masked(mode, umask)));
+    const bool created = fd.valid();
     if (!fd.valid() && errno == EEXIST && !(flags & O_EXCL)) {
       // The name exists: open it as OPEN would, which never opens a device,
       // fifo or socket on the host (CVE-2020-35517). The O_PATH fd pins the
@@ -283,6 +288,11 @@ class PassthroughFs final : public PassthroughBackend {
     if (!fd.valid()) return reply.Error(Errno());
     CreateResult r;
     if (int err = DoLookup(*dir, name, &r.entry); err != 0) return reply.Error(err);
+    if (created) {
+      if (int err = ApplySecurityContext(ctx, *dir, name, r.entry); err != 0) {
+        return reply.Error(err);
+      }
+    }
     auto h = std::make_shared<Handle>();
     h->inode = inodes_.Get(r.entry.node_id);
     h->fd = std::move(fd);
@@ -573,7 +583,27 @@ class PassthroughFs final : public PassthroughBackend {
     if (make(dir->fd.get()) != 0) return reply.Error(Errno());
     Entry e;
     if (int err = DoLookup(*dir, name, &e); err != 0) return reply.Error(err);
+    if (int err = ApplySecurityContext(ctx, *dir, name, e); err != 0) return reply.Error(err);
     reply.Ok(e);
+  }
+
+  // FUSE_SECURITY_CTX: a node the guest created gets the guest's label as it
+  // appears, or it is removed again and the creation fails (a node must not
+  // stay without its label). Set through the node's /proc link, which acts
+  // on the node itself (a symlink's own inode, not its target).
+  int ApplySecurityContext(const RequestContext& ctx, const Inode& dir, std::string_view name,
+                           const Entry& e) {
+    if (!ctx.security_context || !options_.security_label) return 0;
+    auto node = inodes_.Get(e.node_id);
+    if (!node) return EIO;
+    const std::string path = "/proc/self/fd/" + std::to_string(node->fd.get());
+    const auto& [xattr, value] = *ctx.security_context;
+    if (setxattr(path.c_str(), xattr.c_str(), value.data(), value.size(), 0) == 0) return 0;
+    const int err = Errno();
+    const std::string n(name);
+    (void)unlinkat(dir.fd.get(), n.c_str(), node->type == S_IFDIR ? AT_REMOVEDIR : 0);
+    inodes_.Forget(e.node_id, 1);
+    return err;
   }
 
   void Remove(const RequestContext& ctx, uint64_t parent, std::string_view name, int flags,
