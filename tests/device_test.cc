@@ -69,12 +69,14 @@ class TestBackend : public Backend {
     last_forgotten.store(node);
   }
   void Destroy() override { destroyed.fetch_add(1); }
+  void InterruptWaits() override { interrupted.fetch_add(1); }
 
   std::atomic<int> delay_ms{0};
   std::atomic<int> answered{0};
   std::atomic<uint64_t> forgotten{0};
   std::atomic<uint64_t> last_forgotten{0};
   std::atomic<int> destroyed{0};
+  std::atomic<int> interrupted{0};
 
  private:
   std::mutex mu_;
@@ -230,6 +232,7 @@ TEST_CASE("stopping a queue waits for requests in flight") {
   CHECK(q.used_idx() == 2);
   CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(150));
   CHECK(f.backend.answered == 1);
+  CHECK(f.backend.interrupted >= 1);  // Told first, so that no wait can hold the stop.
 }
 
 TEST_CASE("config space holds the tag and the queue count") {

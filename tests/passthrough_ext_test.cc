@@ -841,6 +841,34 @@ TEST_CASE("SETLKW waiters are bounded, and stopped with the backend") {
   CHECK(CountThreads() == threads_before);
 }
 
+TEST_CASE("a stopping queue interrupts SETLKW waits (InterruptWaits): EINTR, backend usable") {
+  Env e;
+  LockFile lf(e);
+  const uint64_t a = e.Open(lf.node, O_RDWR);
+  REQUIRE(HostLock(lf.host, F_WRLCK, 0, 0) == 0);
+  auto q = std::make_unique<AsyncQueue>(e.harness->session());
+  std::vector<uint64_t> waiting;
+  for (int i = 0; i < 3; ++i) {
+    waiting.push_back(q->Submit(BuildRequest(FUSE_SETLKW, e.harness->NextUnique(), lf.node,
+                                             LockBody(a, F_WRLCK, 0, kOffsetMax).bytes())));
+  }
+  CHECK(!q->Wait(waiting[0], 100ms));
+  e.backend->InterruptWaits();  // Returns once all three have answered.
+  for (uint64_t u : waiting) {
+    auto r = q->Wait(u, 0ms);
+    REQUIRE(r);
+    CHECK(r->error() == -EINTR);
+  }
+  // Later waits are not affected: this one waits for the host, as usual.
+  const uint64_t later = q->Submit(BuildRequest(FUSE_SETLKW, e.harness->NextUnique(), lf.node,
+                                                LockBody(a, F_WRLCK, 0, kOffsetMax).bytes()));
+  CHECK(!q->Wait(later, 100ms));
+  REQUIRE(HostLock(lf.host, F_UNLCK, 0, 0) == 0);
+  auto g = q->Wait(later);
+  REQUIRE(g);
+  CHECK(g->error() == 0);
+}
+
 // ---------------------------------------------------------------------------
 // fallocate, lseek, copy_file_range.
 

@@ -287,6 +287,11 @@ class Backend {
     (void)queue_index;
     return nullptr;
   }
+  // A queue is about to stop (the VM stops, the front-end leaves), and it
+  // stops only when all its requests are answered: answer now (EINTR) every
+  // request that may wait indefinitely, such as a SETLKW on a lock someone
+  // holds. Called on the front-end's thread, for each stopping queue.
+  virtual void InterruptWaits() {}
   // DESTROY, or an INIT that starts a new session: every node and handle is
   // forgotten. Other queues may still be running requests of the ending
   // session meanwhile: stay safe against them.

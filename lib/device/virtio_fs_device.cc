@@ -237,6 +237,9 @@ void VirtioFsDevice::StopQueue(Vring& vring) {
     worker = std::move(it->second);
     workers_.erase(it);
   }
+  // Requests that wait indefinitely would hold the stop (and the front-end's
+  // GET_VRING_BASE) forever.
+  backend_->InterruptWaits();
   worker->Stop();
   std::lock_guard lock(mu_);
   completed_[vring.index()] += worker->completed();

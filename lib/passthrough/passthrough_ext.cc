@@ -306,15 +306,19 @@ class PassthroughFs::LockWaiters {
 
   ~LockWaiters();
   // Runs `wait` (a blocking lock call: 0 or an errno) and answers `reply`
-  // with its outcome; retried after EINTR unless stopping.
+  // with its outcome; retried after EINTR unless stopping or interrupted.
   void Start(std::function<int()> wait, Reply<void> reply);
+  // Answers every waiter running now with EINTR (a queue is stopping);
+  // returns when they have answered.
+  void InterruptAll();
 
  private:
   struct Waiter {
     std::thread thread;
     std::function<int()> wait;
     Reply<void> reply{nullptr};
-    bool done = false;  // Guarded by mu_.
+    bool done = false;         // Guarded by mu_.
+    uint64_t generation = 0;   // interrupts_ when it started.
   };
   void Run(Waiter* w);
   void ReapLocked();
@@ -322,6 +326,7 @@ class PassthroughFs::LockWaiters {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;
+  uint64_t interrupts_ = 0;  // InterruptAll() calls so far.
   size_t running_ = 0;
   std::list<Waiter> waiters_;  // A list: a running thread holds its element.
 };
@@ -339,6 +344,7 @@ void PassthroughFs::LockWaiters::Start(std::function<int()> wait, Reply<void> re
     return reply.Error(ENOLCK);
   }
   Waiter& w = waiters_.emplace_back();
+  w.generation = interrupts_;
   w.wait = std::move(wait);
   w.reply = std::move(reply);
   // The new thread starts with every signal blocked (it inherits this
@@ -369,7 +375,7 @@ void PassthroughFs::LockWaiters::Run(Waiter* w) {
   for (;;) {
     {
       std::lock_guard lock(mu_);
-      if (stopping_) break;
+      if (stopping_ || w->generation < interrupts_) break;
     }
     // A wake signal that comes just before this call is missed: the
     // destructor sends it again until the thread is done.
@@ -400,6 +406,27 @@ void PassthroughFs::LockWaiters::ReapLocked() {
     it = waiters_.erase(it);
   }
 }
+
+void PassthroughFs::LockWaiters::InterruptAll() {
+  std::unique_lock lock(mu_);
+  const uint64_t generation = ++interrupts_;
+  auto waiting = [&] {
+    for (const Waiter& w : waiters_) {
+      if (!w.done && w.generation < generation) return true;
+    }
+    return false;
+  };
+  // The signal makes the blocking call return EINTR; one sent just before
+  // the call starts is missed, so send again until each has answered.
+  while (waiting()) {
+    for (Waiter& w : waiters_) {
+      if (!w.done && w.generation < generation) pthread_kill(w.thread.native_handle(), WakeSignal());
+    }
+    cv_.wait_for(lock, std::chrono::milliseconds(5));
+  }
+}
+
+void PassthroughFs::InterruptWaits() { lock_waiters_->InterruptAll(); }
 
 PassthroughFs::LockWaiters::~LockWaiters() {
   std::unique_lock lock(mu_);

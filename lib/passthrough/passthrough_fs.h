@@ -467,6 +467,8 @@ class PassthroughFs final : public PassthroughBackend {
              uint32_t cmd, uint64_t arg, std::span<const uint8_t> in, uint32_t out_size,
              Reply<IoctlResult> reply) override;
 
+  void InterruptWaits() override;
+
   // ---- PassthroughBackend ----
   size_t inode_count() const override { return inodes_.size(); }
   size_t handle_count() const override { return handles_.size(); }
