@@ -6,11 +6,13 @@
 // exist, never silently ignored.
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -71,6 +73,11 @@ int main(int argc, char** argv) {
       ("num-request-queues", po::value(&queues)->default_value(1),
        "request queues (the guest uses up to one per vCPU)")
       ("io-engine", po::value(&io_engine)->default_value("uring"), "uring | sync")
+      ("thread-pool-size", po::value<int>(),
+       "accepted for virtiofsd compatibility (libvirt, Kata): requests run on one worker per "
+       "queue with io_uring, there is no pool to size")
+      ("rlimit-nofile", po::value<uint64_t>(),
+       "set the open file limit (default: raise the soft limit to the hard one)")
       ("log-level", po::value(&log_level)->default_value("info"),
        "error | warn | info | debug | trace");
   po::variables_map vm;
@@ -130,6 +137,21 @@ int main(int argc, char** argv) {
   // Modes from the guest are exact (its umask is applied by it or by the
   // backend); the queue workers also set a umask of 0 of their own.
   umask(0);
+  // Every inode the guest knows holds an fd: raise the limit as virtiofsd does.
+  rlimit nofile{};
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  if (vm.count("rlimit-nofile")) {
+    nofile.rlim_cur = nofile.rlim_max = vm["rlimit-nofile"].as<uint64_t>();
+  } else {
+    nofile.rlim_cur = nofile.rlim_max;
+  }
+  if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) {
+    return Fail("--rlimit-nofile: " + std::string(strerror(errno)));
+  }
+  if (vm.count("thread-pool-size")) {
+    VIRTIOFS_LOG(kDebug, "--thread-pool-size {} ignored: one worker per queue",
+                 vm["thread-pool-size"].as<int>());
+  }
   auto backend = PassthroughBackend::Create(popt);
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
   VirtioFsDeviceOptions dopt;

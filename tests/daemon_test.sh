@@ -20,8 +20,10 @@ out=$("$bin" --bogus 2>&1) && fail "unknown flag accepted"
   fail "bad --cache accepted"
 
 # Serving: the socket appears, the QEMU line is printed, SIGTERM ends it (0).
+# Kata's and libvirt's extra options are accepted.
 mkdir "$dir/share"
-"$bin" --shared-dir "$dir/share" --socket-path "$dir/sock" --tag mytag >"$dir/out" 2>"$dir/err" &
+"$bin" --shared-dir "$dir/share" --socket-path "$dir/sock" --tag mytag --thread-pool-size=1 \
+  --rlimit-nofile=4096 --cache=auto >"$dir/out" 2>"$dir/err" &
 pid=$!
 for _ in $(seq 100); do [ -S "$dir/sock" ] && break; sleep 0.05; done
 [ -S "$dir/sock" ] || fail "no socket: $(cat "$dir/err")"
