@@ -55,6 +55,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/host_files.h"
 #include "tests/support/fuse_harness.h"
 #include "tests/support/fuse_request.h"
 #include "virtiofs/fd.h"
@@ -62,6 +63,10 @@
 
 namespace virtiofs {
 namespace {
+
+using testing::CountFds;
+using testing::ReadFile;
+using testing::WriteFile;
 
 using testing::BuildRequest;
 using testing::FuseBody;
@@ -77,31 +82,12 @@ constexpr uid_t kUser = 1000;  // The non-root caller.
 
 bool IsRoot() { return geteuid() == 0; }
 
-int CountFds() {
-  int n = 0;
-  for (auto& e : fs::directory_iterator("/proc/self/fd")) {
-    (void)e;
-    ++n;
-  }
-  return n;
-}
-
 int HighestFd() {
   int high = -1;
   for (auto& e : fs::directory_iterator("/proc/self/fd")) {
     high = std::max(high, std::stoi(e.path().filename().string()));
   }
   return high;
-}
-
-void WriteFile(const std::string& path, std::string_view data) {
-  std::ofstream f(path, std::ios::binary);
-  f << data;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
 bool Exists(const std::string& path) {

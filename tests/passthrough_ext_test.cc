@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/support/host_files.h"
 #include "tests/support/driver_queue.h"
 #include "tests/support/fuse_harness.h"
 #include "tests/support/fuse_request.h"
@@ -39,6 +40,11 @@
 
 namespace virtiofs {
 namespace {
+
+using testing::CountThreads;
+using testing::ReadFile;
+using testing::TempDir;
+using testing::WriteFile;
 
 using testing::BuildLookup;
 using testing::BuildRequest;
@@ -52,41 +58,11 @@ using namespace std::chrono_literals;
 
 constexpr uint64_t kOffsetMax = INT64_MAX;  // FUSE's "to the end of the file".
 
-struct TempDir {
-  TempDir() {
-    char t[] = "/tmp/virtiofs-ext-XXXXXX";
-    REQUIRE(mkdtemp(t) != nullptr);
-    path = t;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(std::string_view name) const { return path + "/" + std::string(name); }
-  std::string path;
-};
-
-void WriteFile(const std::string& path, std::string_view data) {
-  std::ofstream f(path, std::ios::binary);
-  f << data;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 std::string HostGetXattr(const std::string& path, const char* name) {
   char buf[65536];
   const ssize_t n = lgetxattr(path.c_str(), name, buf, sizeof buf);
   if (n < 0) return "<errno " + std::to_string(errno) + ">";
   return std::string(buf, static_cast<size_t>(n));
-}
-
-int CountThreads() {
-  int n = 0;
-  for (auto& e : fs::directory_iterator("/proc/self/task")) {
-    (void)e;
-    ++n;
-  }
-  return n;
 }
 
 bool IsRoot() { return geteuid() == 0; }

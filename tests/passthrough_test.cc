@@ -15,6 +15,7 @@
 #include <set>
 #include <string>
 
+#include "tests/support/host_files.h"
 #include "tests/support/fuse_harness.h"
 #include "tests/support/fuse_request.h"
 #include "virtiofs/passthrough.h"
@@ -22,42 +23,17 @@
 namespace virtiofs {
 namespace {
 
+using testing::CountFds;
+using testing::ReadFile;
+using testing::TempDir;
+using testing::WriteFile;
+
 using testing::BuildLookup;
 using testing::BuildRequest;
 using testing::FuseBody;
 using testing::FuseHarness;
 using testing::FuseReply;
 namespace fs = std::filesystem;
-
-int CountFds() {
-  int n = 0;
-  for (auto& e : fs::directory_iterator("/proc/self/fd")) {
-    (void)e;
-    ++n;
-  }
-  return n;
-}
-
-struct TempDir {
-  TempDir() {
-    char t[] = "/tmp/virtiofs-pt-XXXXXX";
-    REQUIRE(mkdtemp(t) != nullptr);
-    path = t;
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string operator/(std::string_view name) const { return path + "/" + std::string(name); }
-  std::string path;
-};
-
-void WriteFile(const std::string& path, std::string_view data) {
-  std::ofstream f(path, std::ios::binary);
-  f << data;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
 struct Env {
   explicit Env(PassthroughOptions o = {}) {

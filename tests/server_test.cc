@@ -15,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "tests/support/host_files.h"
 #include "tests/support/driver_queue.h"
 #include "tests/support/echo_device.h"
 #include "tests/support/frontend.h"
@@ -23,6 +24,8 @@
 
 namespace virtiofs {
 namespace {
+
+using testing::CountFds;
 
 using namespace vhost_user;  // NOLINT: protocol names in a test.
 using testing::DriverQueue;
@@ -34,16 +37,6 @@ constexpr uint64_t kVirtio = Bit(VIRTIO_F_VERSION_1) | Bit(VIRTIO_RING_F_INDIREC
                              Bit(VIRTIO_RING_F_EVENT_IDX) | Bit(kFeatureProtocolFeatures);
 constexpr uint64_t kProtocol = Bit(kProtocolReplyAck) | Bit(kProtocolMq) |
                                Bit(kProtocolConfigureMemSlots) | Bit(kProtocolInflightShmfd);
-
-int CountFds() {
-  int n = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  closedir(d);
-  return n - 1;
-}
 
 // Polls `pred` for up to 5 s.
 template <typename Pred>

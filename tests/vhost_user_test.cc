@@ -14,6 +14,7 @@
 #include <cstring>
 #include <thread>
 
+#include "tests/support/host_files.h"
 #include "tests/support/driver_queue.h"
 #include "tests/support/echo_device.h"
 #include "tests/support/guest_ram.h"
@@ -22,22 +23,14 @@
 namespace virtiofs {
 namespace {
 
+using testing::CountFds;
+
 using namespace vhost_user;  // NOLINT: protocol names in a test.
 using testing::DriverQueue;
 using testing::EchoDevice;
 using testing::GuestRam;
 
 constexpr uint64_t kRamSize = 4 << 20;
-
-int CountFds() {
-  int n = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] != '.') ++n;
-  }
-  closedir(d);
-  return n - 1;  // The DIR's own fd.
-}
 
 bool IsOpen(int fd) { return fcntl(fd, F_GETFD) != -1; }
 
