@@ -316,26 +316,18 @@ class PassthroughFs final : public PassthroughBackend {
     return std::make_unique<EngineContext>(std::move(engine));
   }
 
+  // Data moves straight between the file and guest memory through the
+  // queue's engine (the handle stays open until the completion).
   void Read(const RequestContext& ctx, uint64_t, const ReadRequest& req,
             ReadReply reply) override {
     auto h = handles_.Get(req.handle);
     if (!h) return reply.Error(EBADF);
     auto iov = reply.buffers();
-    if (IoEngine* engine = EngineOf(ctx)) {
-      // Straight from the file into guest memory; the handle stays open
-      // until the completion.
-      engine->Readv(h->fd.get(), iov, static_cast<int64_t>(req.offset),
-                    [h, r = std::move(reply)](int64_t n) mutable {
-                      if (n < 0) return r.Error(static_cast<int>(-n));
-                      r.Ok(static_cast<uint32_t>(n));
-                    });
-      return;
-    }
-    ssize_t n = preadv(h->fd.get(), iov.data(), static_cast<int>(iov.size()),
-                       static_cast<off_t>(req.offset));
-    if (n < 0) return reply.Error(Errno());
-    // A short read is the end of the file (a regular file).
-    reply.Ok(static_cast<uint32_t>(n));
+    EngineOf(ctx).Readv(h->fd.get(), iov, static_cast<int64_t>(req.offset),
+                        [h, r = std::move(reply)](int64_t n) mutable {
+                          if (n < 0) return r.Error(static_cast<int>(-n));
+                          r.Ok(static_cast<uint32_t>(n));  // Short: end of file.
+                        });
   }
 
   void Write(const RequestContext& ctx, uint64_t, const WriteRequest& req,
@@ -343,35 +335,16 @@ class PassthroughFs final : public PassthroughBackend {
     if (options_.readonly) return reply.Error(EROFS);
     auto h = handles_.Get(req.handle);
     if (!h) return reply.Error(EBADF);
-    const bool kill = (req.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
-    if (IoEngine* engine = EngineOf(ctx)) {
-      engine->Writev(h->fd.get(), req.data, static_cast<int64_t>(req.offset),
-                     [this, h, kill, r = std::move(reply)](int64_t n) mutable {
-                       if (n < 0) return r.Error(static_cast<int>(-n));
-                       if (kill) KillSuidGid(*h);
-                       r.Ok(static_cast<uint32_t>(n));
-                     });
-      return;
-    }
+    // As the caller while the synchronous engine writes inline.
     ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
     if (!creds.ok()) return reply.Error(creds.error());
-    size_t total = 0;
-    IovecVector iov(req.data.begin(), req.data.end());
-    // Writes go on until all is written: pwritev may return short.
-    while (total < req.size) {
-      ssize_t n = pwritev(h->fd.get(), iov.data(), static_cast<int>(iov.size()),
-                          static_cast<off_t>(req.offset + total));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (total == 0) return reply.Error(Errno());
-        break;
-      }
-      if (n == 0) break;
-      total += static_cast<size_t>(n);
-      io_internal::ConsumeIovecs(iov, static_cast<size_t>(n));
-    }
-    if (kill) KillSuidGid(*h);
-    reply.Ok(static_cast<uint32_t>(total));
+    const bool kill = (req.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
+    EngineOf(ctx).Writev(h->fd.get(), req.data, static_cast<int64_t>(req.offset),
+                         [this, h, kill, r = std::move(reply)](int64_t n) mutable {
+                           if (n < 0) return r.Error(static_cast<int>(-n));
+                           if (kill) KillSuidGid(*h);
+                           r.Ok(static_cast<uint32_t>(n));
+                         });
   }
 
   void Flush(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
@@ -390,17 +363,10 @@ class PassthroughFs final : public PassthroughBackend {
              Reply<void> reply) override {
     auto h = handles_.Get(handle);
     if (!h) return reply.Error(EBADF);
-    if (IoEngine* engine = EngineOf(ctx)) {
-      engine->Fsync(h->fd.get(), datasync, [h, r = std::move(reply)](int64_t n) mutable {
-        if (n < 0) return r.Error(static_cast<int>(-n));
-        r.Ok();
-      });
-      return;
-    }
-    if ((datasync ? fdatasync(h->fd.get()) : fsync(h->fd.get())) != 0) {
-      return reply.Error(Errno());
-    }
-    reply.Ok();
+    EngineOf(ctx).Fsync(h->fd.get(), datasync, [h, r = std::move(reply)](int64_t n) mutable {
+      if (n < 0) return r.Error(static_cast<int>(-n));
+      r.Ok();
+    });
   }
 
   void OpenDir(const RequestContext& ctx, uint64_t node, uint32_t,
@@ -487,10 +453,10 @@ class PassthroughFs final : public PassthroughBackend {
    private:
     std::unique_ptr<IoEngine> engine_;
   };
-  // The engine of the request's queue, or nullptr: do the I/O inline.
-  static IoEngine* EngineOf(const RequestContext& ctx) {
+  // The engine of the request's queue, or the synchronous one (inline I/O).
+  IoEngine& EngineOf(const RequestContext& ctx) const {
     auto* e = dynamic_cast<EngineContext*>(ctx.queue);
-    return e ? e->engine() : nullptr;
+    return e ? *e->engine() : *sync_engine_;
   }
 
   std::string ProcName(const Inode& inode) const { return std::to_string(inode.fd.get()); }
@@ -662,6 +628,8 @@ class PassthroughFs final : public PassthroughBackend {
   std::atomic<uint64_t> flags_{0};
   InodeTable inodes_;
   HandleTable handles_;
+  // Stateless: shared by every thread without a queue engine.
+  const std::unique_ptr<IoEngine> sync_engine_ = io_internal::MakeSyncEngine();
 
   // passthrough_ext.cc helpers
   // Threads that answer SETLKW requests which must wait for the lock.
