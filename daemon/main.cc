@@ -1,192 +1,368 @@
 // virtiofsd: serves a host directory to a virtual machine over vhost-user.
 //
-// This is the first part of the drop-in virtiofsd (see issue "The daemon"):
-// the options below work; virtiofsd's others (sandboxing, seccomp, id
-// mapping, the legacy -o form, ...) are refused with a message until they
-// exist, never silently ignored.
+// Thin by design: the command line becomes a Config (daemon/options.h), the
+// process locks itself down, and the library's server runs the passthrough
+// backend. Order matters and is:
+//   parse -> logging -> check the shared dir -> rlimit -> pid file + socket
+//   (before any sandbox: the socket is usually outside the shared dir) ->
+//   daemonize -> lockdown -> backend, device -> signals, stats -> serve.
+// Everything before "serve" fails with one line on stderr and exit 1, and no
+// socket or pid file is left behind.
+#include <fcntl.h>
+#include <grp.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <syslog.h>
 #include <unistd.h>
 
-#include <boost/program_options.hpp>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <iostream>
+#include <fstream>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
+#include "daemon/options.h"
+#include "daemon/stats.h"
 #include "virtiofs/log.h"
 #include "virtiofs/passthrough.h"
 #include "virtiofs/server.h"
 #include "virtiofs/virtio_fs_device.h"
 
-namespace po = boost::program_options;
-using namespace virtiofs;  // NOLINT: a program's main file.
+using namespace virtiofs;   // NOLINT: a program's main file.
+using namespace virtiofsd;  // NOLINT
 
 namespace {
 
-constexpr char kVersion[] = "virtiofsd (virtiofs library) 0.1.0";
+constexpr char kVersion[] = "virtiofsd (virtiofs library) 0.2.0";
 
-int Fail(const std::string& message) {
-  std::fprintf(stderr, "virtiofsd: %s\n", message.c_str());
+int Fail(absl::string_view message) {
+  std::fprintf(stderr, "virtiofsd: %.*s\n", int(message.size()), message.data());
   return 1;
 }
 
-void PrintQemuLine(const std::string& socket, const std::string& tag, uint32_t queues) {
+// Log sinks: stderr (the library's default), syslog, or a file that SIGHUP
+// reopens (for logrotate).
+class LogFile {
+ public:
+  absl::Status Open(const std::string& path) {
+    std::lock_guard lock(mu_);
+    path_ = path;
+    return ReopenLocked();
+  }
+  absl::Status Reopen() {
+    std::lock_guard lock(mu_);
+    return ReopenLocked();
+  }
+  void Write(LogLevel level, std::string_view message) {
+    std::lock_guard lock(mu_);
+    if (fd_ < 0) return;
+    char stamp[32];
+    time_t now = time(nullptr);
+    tm t;
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", localtime_r(&now, &t));
+    std::string line = fmt::format("[{} {}] {}\n", stamp, LogLevelName(level), message);
+    (void)!write(fd_, line.data(), line.size());
+  }
+
+ private:
+  absl::Status ReopenLocked() {
+    const int fd = open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) return absl::ErrnoToStatus(errno, "--log-file " + path_);
+    if (fd_ >= 0) close(fd_);
+    fd_ = fd;
+    return absl::OkStatus();
+  }
+  std::mutex mu_;
+  std::string path_;
+  int fd_ = -1;
+};
+LogFile g_log_file;
+
+void SyslogSink(LogLevel level, std::string_view message) {
+  int priority = LOG_INFO;
+  switch (level) {
+    case LogLevel::kError: priority = LOG_ERR; break;
+    case LogLevel::kWarning: priority = LOG_WARNING; break;
+    case LogLevel::kInfo: priority = LOG_INFO; break;
+    default: priority = LOG_DEBUG; break;
+  }
+  syslog(priority, "%.*s", int(message.size()), message.data());
+}
+
+// Every inode the guest knows may hold an fd: raise the limit as virtiofsd
+// does (to min(1000000, fs.nr_open)), unless told a number (0: leave it).
+absl::Status SetupRlimit(const Config& c) {
+  rlimit lim{};
+  getrlimit(RLIMIT_NOFILE, &lim);
+  if (c.rlimit_nofile && *c.rlimit_nofile == 0) return absl::OkStatus();
+  rlim_t want = 1000000;
+  if (c.rlimit_nofile) {
+    want = *c.rlimit_nofile;
+  } else if (std::ifstream nr("/proc/sys/fs/nr_open"); nr) {
+    uint64_t nr_open = 0;
+    if (nr >> nr_open && nr_open < want) want = nr_open;
+  }
+  rlimit target{want, want};
+  if (setrlimit(RLIMIT_NOFILE, &target) == 0) return absl::OkStatus();
+  if (c.rlimit_nofile) {
+    return absl::ErrnoToStatus(errno, fmt::format("--rlimit-nofile {}", want));
+  }
+  // Without CAP_SYS_RESOURCE the hard limit is the ceiling.
+  lim.rlim_cur = lim.rlim_max;
+  setrlimit(RLIMIT_NOFILE, &lim);
+  return absl::OkStatus();
+}
+
+// "<socket>.pid", locked for the daemon's life: a second daemon on the same
+// socket stops here with the first one's pid.
+absl::StatusOr<UniqueFd> LockPidFile(const std::string& path) {
+  UniqueFd fd(open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, "pid file " + path);
+  if (flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    (void)!pread(fd.get(), buf, sizeof buf - 1, 0);
+    return absl::AlreadyExistsError(fmt::format(
+        "socket '{}' is served by another virtiofsd (pid {}; lock on {})",
+        path.substr(0, path.size() - 4), std::string(buf).substr(0, strcspn(buf, "\n")), path));
+  }
+  return fd;
+}
+
+void WritePid(int fd) {
+  const std::string pid = std::to_string(getpid()) + "\n";
+  if (ftruncate(fd, 0) == 0) (void)!pwrite(fd, pid.data(), pid.size(), 0);
+}
+
+// Forks; the parent exits 0 once the child has gone to the background and
+// written its pid, so whoever started the daemon may connect (the socket
+// already listens) and read the pid file as soon as the command returns.
+void Daemonize(int pid_file) {
+  int ready[2];
+  if (pipe2(ready, O_CLOEXEC) != 0) {
+    VIRTIOFS_LOG(kError, "--daemonize: pipe: {}", strerror(errno));
+    _exit(1);
+  }
+  const pid_t pid = fork();
+  if (pid < 0) {
+    VIRTIOFS_LOG(kError, "--daemonize: fork: {}", strerror(errno));
+    _exit(1);
+  }
+  if (pid > 0) {
+    close(ready[1]);
+    char byte = 0;
+    _exit(read(ready[0], &byte, 1) == 1 ? 0 : 1);
+  }
+  close(ready[0]);
+  setsid();
+  if (pid_file >= 0) WritePid(pid_file);
+  const int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (null >= 0) {
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    close(null);
+  }
+  if (chdir("/") != 0) VIRTIOFS_LOG(kWarning, "--daemonize: chdir /: {}", strerror(errno));
+  const char byte = 1;
+  (void)!write(ready[1], &byte, 1);
+  close(ready[1]);
+}
+
+void PrintQemuLine(const Config& c) {
+  const std::string tag = c.tag.empty() ? "myfs" : c.tag;
   std::printf(
-      "virtiofsd: serving on %s. Attach QEMU with:\n"
+      "virtiofsd: serving %s on %s. Attach QEMU with:\n"
       "  -object memory-backend-memfd,id=mem,size=2G,share=on -numa node,memdev=mem \\\n"
       "  -chardev socket,id=vfs,path=%s \\\n"
       "  -device vhost-user-fs-pci,chardev=vfs,queue-size=1024,tag=%s%s\n"
       "and in the guest: mount -t virtiofs %s /mnt\n",
-      socket.c_str(), socket.c_str(), tag.c_str(),
-      queues > 1 ? (",num-request-queues=" + std::to_string(queues)).c_str() : "", tag.c_str());
+      c.passthrough.root.c_str(), c.socket_path.c_str(), c.socket_path.c_str(), tag.c_str(),
+      c.num_request_queues > 1
+          ? (",num-request-queues=" + std::to_string(c.num_request_queues)).c_str()
+          : "",
+      tag.c_str());
   std::fflush(stdout);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string shared_dir, socket_path, tag, cache, io_engine, log_level;
-  int fd = -1;
-  uint32_t queues = 0;
-  po::options_description opts("Options");
-  opts.add_options()
-      ("help,h", "print this help and exit")
-      ("version,V", "print the version and exit")
-      ("print-capabilities", "print the vhost-user back-end capabilities (JSON) and exit")
-      ("shared-dir", po::value(&shared_dir), "the directory to share")
-      ("socket-path", po::value(&socket_path), "the vhost-user socket to listen on")
-      ("fd", po::value(&fd), "an inherited listening socket fd (instead of --socket-path)")
-      ("tag", po::value(&tag)->default_value("virtiofs"), "the mount tag the guest sees")
-      ("cache", po::value(&cache)->default_value("auto"), "auto | always | metadata | never")
-      ("readonly", "refuse every change (EROFS)")
-      ("writeback", "enable the guest's writeback cache")
-      ("no-readdirplus", "disable READDIRPLUS")
-      ("allow-direct-io", "honour O_DIRECT from the guest")
-      ("announce-submounts", "tell the guest about host submounts")
-      ("xattr", "serve extended attributes")
-      ("posix-acl", "serve POSIX ACLs (implies --xattr)")
-      ("num-request-queues", po::value(&queues)->default_value(1),
-       "request queues (the guest uses up to one per vCPU)")
-      ("io-engine", po::value(&io_engine)->default_value("uring"), "uring | sync")
-      ("thread-pool-size", po::value<int>(),
-       "accepted for virtiofsd compatibility (libvirt, Kata): requests run on one worker per "
-       "queue with io_uring, there is no pool to size")
-      ("rlimit-nofile", po::value<uint64_t>(),
-       "set the open file limit (default: raise the soft limit to the hard one)")
-      ("log-level", po::value(&log_level)->default_value("info"),
-       "error | warn | info | debug | trace");
-  po::variables_map vm;
-  try {
-    po::store(po::parse_command_line(argc, argv, opts), vm);
-    po::notify(vm);
-  } catch (const std::exception& e) {
-    return Fail(std::string(e.what()) + " (--help lists the options)");
+  Defaults defaults;
+  const unsigned cpus = std::thread::hardware_concurrency();
+  defaults.num_request_queues = cpus == 0 ? 1 : std::min(cpus, 255u);
+  auto parsed = ParseCommandLine(argc, argv, defaults);
+  if (!parsed.ok()) return Fail(parsed.status().message());
+  Config& c = *parsed;
+  switch (c.action) {
+    case Config::Action::kHelp:
+      std::fputs(c.help_text.c_str(), stdout);
+      return 0;
+    case Config::Action::kVersion:
+      std::puts(kVersion);
+      return 0;
+    case Config::Action::kPrintCapabilities:
+      std::fputs(CapabilitiesJson().c_str(), stdout);
+      return 0;
+    case Config::Action::kServe:
+      break;
   }
-  if (vm.count("help")) {
-    std::cout << "usage: virtiofsd --shared-dir DIR (--socket-path PATH | --fd N) [options]\n"
-              << opts;
-    return 0;
+  if (c.sandbox != SandboxMode::kNone || c.seccomp != SeccompAction::kNone ||
+      !c.uid_map.empty() || !c.gid_map.empty() || !c.modcaps.empty()) {
+    return Fail("--sandbox namespace|chroot, --seccomp, --modcaps and --uid-map/--gid-map are "
+                "not available in this build yet (use --sandbox none --seccomp none)");
   }
-  if (vm.count("version")) {
-    std::puts(kVersion);
-    return 0;
-  }
-  if (vm.count("print-capabilities")) {
-    std::puts("{\n  \"type\": \"fs\"\n}");
-    return 0;
-  }
-  auto level = ParseLogLevel(log_level);
-  if (!level) return Fail("--log-level: '" + log_level + "' is not a level");
-  SetLogLevel(*level);
-  if (shared_dir.empty()) return Fail("--shared-dir is required");
-  if (socket_path.empty() == (fd < 0)) return Fail("give exactly one of --socket-path and --fd");
 
-  PassthroughOptions popt;
-  popt.root = shared_dir;
-  if (cache == "auto") {
-    popt.cache = PassthroughOptions::Cache::kAuto;
-  } else if (cache == "always") {
-    popt.cache = PassthroughOptions::Cache::kAlways;
-  } else if (cache == "metadata") {
-    popt.cache = PassthroughOptions::Cache::kMetadata;
-  } else if (cache == "never" || cache == "none") {
-    popt.cache = PassthroughOptions::Cache::kNever;
-  } else {
-    return Fail("--cache: '" + cache + "' is not auto, always, metadata or never");
+  // Logging first: everything after this may log.
+  SetLogLevel(c.log_level);
+  if (c.daemonize && !c.syslog && c.log_file.empty()) c.syslog = true;  // stderr goes away.
+  if (!c.log_file.empty()) {
+    if (absl::Status s = g_log_file.Open(c.log_file); !s.ok()) return Fail(s.ToString());
+    SetLogSink([](LogLevel l, std::string_view m) { g_log_file.Write(l, m); });
+  } else if (c.syslog) {
+    openlog("virtiofsd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+    SetLogSink(SyslogSink);
   }
-  if (io_engine == "uring") {
-    popt.io_engine = IoEngineKind::kUring;
-  } else if (io_engine == "sync") {
-    popt.io_engine = IoEngineKind::kSync;
-  } else {
-    return Fail("--io-engine: '" + io_engine + "' is not uring or sync");
+  for (const std::string& d : c.deprecations) VIRTIOFS_LOG(kWarning, "deprecated: {}", d);
+  if (c.thread_pool_size) {
+    VIRTIOFS_LOG(kDebug, "--thread-pool-size {} ignored: one worker per queue",
+                 *c.thread_pool_size);
   }
-  popt.readonly = vm.count("readonly") > 0;
-  popt.writeback = vm.count("writeback") > 0;
-  popt.readdirplus = vm.count("no-readdirplus") == 0;
-  popt.allow_direct_io = vm.count("allow-direct-io") > 0;
-  popt.announce_submounts = vm.count("announce-submounts") > 0;
-  popt.posix_acl = vm.count("posix-acl") > 0;
-  popt.xattr = vm.count("xattr") > 0 || popt.posix_acl;
+
+  // The shared directory must exist before anything listens.
+  {
+    UniqueFd dir(open(c.passthrough.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir.valid()) {
+      return Fail(fmt::format("shared directory '{}': {}", c.passthrough.root, strerror(errno)));
+    }
+  }
+  if (absl::Status s = SetupRlimit(c); !s.ok()) return Fail(s.message());
+
+  // Where to listen: our own socket (with its pid file), or the launcher's.
+  UniqueFd listen_fd, pid_file;
+  if (c.fd >= 0) {
+    if (fcntl(c.fd, F_SETFD, FD_CLOEXEC) != 0) {
+      return Fail(fmt::format("--fd {}: {}", c.fd, strerror(errno)));
+    }
+    listen_fd.reset(c.fd);
+  } else {
+    auto pid = LockPidFile(c.socket_path + ".pid");
+    if (!pid.ok()) return Fail(pid.status().message());
+    pid_file = std::move(*pid);
+    auto fd = ListenUnixSocket(c.socket_path, c.socket_group.empty() ? 0600 : 0660);
+    if (!fd.ok()) {
+      unlink((c.socket_path + ".pid").c_str());
+      return Fail(fd.status().message());
+    }
+    listen_fd = std::move(*fd);
+    if (!c.socket_group.empty()) {
+      const group* g = getgrnam(c.socket_group.c_str());
+      if (g == nullptr || chown(c.socket_path.c_str(), -1, g->gr_gid) != 0) {
+        const std::string why = g == nullptr ? "no such group" : strerror(errno);
+        unlink(c.socket_path.c_str());
+        unlink((c.socket_path + ".pid").c_str());
+        return Fail(fmt::format("--socket-group {}: {}", c.socket_group, why));
+      }
+    }
+  }
+  // Removes what we created, however serving ends.
+  struct Cleanup {
+    std::string socket;
+    ~Cleanup() {
+      if (!socket.empty()) {
+        unlink(socket.c_str());
+        unlink((socket + ".pid").c_str());
+      }
+    }
+  } cleanup{c.socket_path};
+
+  if (c.fd < 0 && !c.daemonize) PrintQemuLine(c);
+  if (c.daemonize) {
+    Daemonize(pid_file.get());
+  } else if (pid_file.valid()) {
+    WritePid(pid_file.get());
+  }
 
   // Modes from the guest are exact (its umask is applied by it or by the
   // backend); the queue workers also set a umask of 0 of their own.
   umask(0);
-  // Every inode the guest knows holds an fd: raise the limit as virtiofsd does.
-  rlimit nofile{};
-  getrlimit(RLIMIT_NOFILE, &nofile);
-  if (vm.count("rlimit-nofile")) {
-    nofile.rlim_cur = nofile.rlim_max = vm["rlimit-nofile"].as<uint64_t>();
-  } else {
-    nofile.rlim_cur = nofile.rlim_max;
-  }
-  if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) {
-    return Fail("--rlimit-nofile: " + std::string(strerror(errno)));
-  }
-  if (vm.count("thread-pool-size")) {
-    VIRTIOFS_LOG(kDebug, "--thread-pool-size {} ignored: one worker per queue",
-                 vm["thread-pool-size"].as<int>());
-  }
-  auto backend = PassthroughBackend::Create(popt);
-  if (!backend.ok()) return Fail(std::string(backend.status().message()));
-  VirtioFsDeviceOptions dopt;
-  dopt.tag = tag;
-  dopt.num_request_queues = queues;
-  auto device = VirtioFsDevice::Create(backend->get(), dopt);
-  if (!device.ok()) return Fail(std::string(device.status().message()));
+  // O_NOATIME needs ownership or CAP_FOWNER: as root the guest gets what a
+  // local open would; unprivileged, it is dropped unless --preserve-noatime.
+  if (geteuid() == 0) c.passthrough.preserve_noatime = true;
 
-  // SIGINT/SIGTERM end serving from a thread of their own: Stop() is not
-  // async-signal-safe. Blocked before any other thread starts.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  auto backend = PassthroughBackend::Create(c.passthrough);
+  if (!backend.ok()) return Fail(backend.status().message());
+  VirtioFsDeviceOptions dopt;
+  dopt.tag = c.tag;
+  dopt.num_request_queues = c.num_request_queues;
+  auto device = VirtioFsDevice::Create(backend->get(), dopt);
+  if (!device.ok()) return Fail(device.status().message());
+
+  // Signals are taken by a thread of their own (Stop() and logging are not
+  // async-signal-safe); blocked here, before any other thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) sigaddset(&signals, s);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  ServerOptions sopt;
-  sopt.keep_serving = true;
-  auto server = fd >= 0 ? VhostUserServer::FromListeningFd(UniqueFd(fd), device->get(), sopt)
-                        : VhostUserServer::Listen(socket_path, device->get(), sopt);
-  if (!server.ok()) return Fail(std::string(server.status().message()));
-  if (fd < 0) PrintQemuLine(socket_path, tag, queues);
+  StatsSources sources;
+  sources.device = device->get();
+  sources.backend = backend->get();
+  std::unique_ptr<StatsServer> stats;
+  if (!c.stats_socket.empty()) {
+    auto s = StatsServer::Start(c.stats_socket, sources);
+    if (!s.ok()) return Fail(fmt::format("--stats-socket: {}", s.status().message()));
+    stats = std::move(*s);
+  }
 
-  std::thread signals([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    VIRTIOFS_LOG(kInfo, "signal {}: stopping", sig);
-    (*server)->Stop();
+  ServerOptions sopt;
+  sopt.keep_serving = c.reconnect;
+  auto server = VhostUserServer::FromListeningFd(std::move(listen_fd), device->get(), sopt);
+  if (!server.ok()) return Fail(server.status().message());
+  VIRTIOFS_LOG(kInfo, "serving {} on {} ({} request queues, {} engine)", c.passthrough.root,
+               c.fd >= 0 ? fmt::format("fd {}", c.fd) : c.socket_path, c.num_request_queues,
+               c.passthrough.io_engine == IoEngineKind::kUring ? "uring" : "sync");
+
+  std::atomic<bool> signalled{false};
+  std::thread signal_thread([&] {
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&signals, &sig) != 0) continue;
+      if (sig == SIGHUP) {
+        if (!c.log_file.empty()) {
+          absl::Status s = g_log_file.Reopen();
+          VIRTIOFS_LOG(kInfo, "SIGHUP: log reopened{}", s.ok() ? "" : ": " + s.ToString());
+        } else if (c.syslog) {
+          closelog();
+          openlog("virtiofsd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+          VIRTIOFS_LOG(kInfo, "SIGHUP: syslog reopened");
+        }
+        continue;
+      }
+      if (sig == SIGUSR1) {
+        VIRTIOFS_LOG(kInfo, "stats: {}", StatsJson(sources, /*compact=*/true));
+        continue;
+      }
+      if (signalled.exchange(true)) return;  // Woken by main below: Run is over.
+      VIRTIOFS_LOG(kInfo, "signal {}: stopping", sig);
+      (*server)->Stop();
+      return;
+    }
   });
   absl::Status result = (*server)->Run();
-  if (signals.joinable()) {
-    pthread_kill(signals.native_handle(), SIGTERM);  // Wakes sigwait if Run ended alone.
-    signals.join();
+  if (result.ok() && !c.reconnect) {
+    VIRTIOFS_LOG(kInfo, "front-end disconnected: exiting (--reconnect keeps serving)");
   }
-  if (!result.ok()) return Fail(std::string(result.message()));
+  // Run ended alone (the front-end left): wake the signal thread to end it.
+  if (!signalled.exchange(true)) pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  stats.reset();
+  if (!result.ok()) return Fail(result.message());
   return 0;
 }

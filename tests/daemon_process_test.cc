@@ -6,6 +6,8 @@
 #include <linux/virtio_ring.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -39,11 +41,13 @@ namespace fs = std::filesystem;
 // The daemon under test, always reaped (SIGKILL if it lingers).
 class Daemon {
  public:
-  Daemon(const std::string& share, const std::string& socket, const std::string& log) {
+  Daemon(const std::string& share, const std::string& socket, const std::string& log,
+         const std::vector<std::string>& extra = {}) {
     const char* bin = std::getenv("VIRTIOFSD");
     REQUIRE(bin != nullptr);
     std::vector<std::string> args = {bin,    "--shared-dir", share,  "--socket-path",
                                      socket, "--log-level",  "debug"};
+    args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -85,7 +89,7 @@ class Daemon {
 };
 
 struct Session {
-  Session()
+  explicit Session(const std::vector<std::string>& extra = {})
       : ram(GuestRam::CreateOrDie(16 << 20)),
         hiprio(*ram, 128, 0, 0x10000, 0x10000, true),
         q(*ram, 1024, 0x100000, 0x200000, 14 << 20, true) {
@@ -94,7 +98,11 @@ struct Session {
     dir = t;
     share = dir + "/share";
     fs::create_directory(share);
-    daemon = std::make_unique<Daemon>(share, dir + "/sock", dir + "/log");
+    daemon = std::make_unique<Daemon>(share, dir + "/sock", dir + "/log", extra);
+    Attach();
+  }
+  // Connects a front-end (the VMM) and starts the queues; INIT once.
+  void Attach(uint16_t base = 0) {
     auto f = Frontend::Connect(dir + "/sock", 10000);
     INFO(f.status().message());
     REQUIRE(f.ok());
@@ -104,9 +112,13 @@ struct Session {
                           Bit(kProtocolReplyAck) | Bit(kProtocolMq))
                 .ok());
     REQUIRE(fe->SetMemTable(*ram).ok());
-    REQUIRE(fe->StartVring(0, hiprio).ok());
-    REQUIRE(fe->StartVring(1, q).ok());
-    REQUIRE(Call(BuildInit(unique += 2)).error() == 0);
+    REQUIRE(fe->StartVring(0, hiprio, hiprio.avail_idx()).ok());
+    REQUIRE(fe->StartVring(1, q, base != 0 ? base : q.avail_idx()).ok());
+    if (unique == 0) REQUIRE(Call(BuildInit(unique += 2)).error() == 0);
+  }
+  std::string Log() const {
+    std::ifstream log(dir + "/log");
+    return std::string(std::istreambuf_iterator<char>(log), {});
   }
   ~Session() {
     fe.reset();
@@ -213,6 +225,93 @@ TEST_CASE("SIGTERM during a stream of writes: acknowledged fsync'd data is on th
   REQUIRE(::stat((s.share + "/stream").c_str(), &st) == 0);
   CHECK(static_cast<uint64_t>(st.st_size) >= acknowledged);
   CHECK_FALSE(fs::exists(s.dir + "/sock"));  // The daemon removed its socket.
+}
+
+
+// One request to the daemon's stats socket; the whole answer.
+std::string AskStats(const std::string& path, const std::string& request) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(write(fd, request.data(), request.size()) == ssize_t(request.size()));
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+  close(fd);
+  return out;
+}
+
+TEST_CASE("--stats-socket and SIGUSR1 report what the guest asked") {
+  char t[] = "/tmp/virtiofs-stats-XXXXXX";
+  REQUIRE(mkdtemp(t) != nullptr);
+  const std::string stats = std::string(t) + "/stats";
+  {
+    Session s({"--stats-socket", stats});
+    std::ofstream(s.share + "/present") << "x";
+    REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "present")).error() == 0);
+    REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "present")).error() == 0);
+    REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "absent")).error() ==
+            -ENOENT);
+
+    const std::string prom = AskStats(stats, "GET /metrics HTTP/1.0\r\n\r\n");
+    INFO(prom);
+    CHECK(prom.rfind("HTTP/1.0 200 OK\r\n", 0) == 0);
+    CHECK(prom.find("virtiofs_requests_total{opcode=\"LOOKUP\"} 3\n") != std::string::npos);
+    CHECK(prom.find("virtiofs_errors_total{opcode=\"LOOKUP\"} 1\n") != std::string::npos);
+    CHECK(prom.find("virtiofs_request_duration_seconds_count{opcode=\"LOOKUP\"} 3\n") !=
+          std::string::npos);
+    CHECK(prom.find("virtiofs_request_duration_seconds_bucket{opcode=\"LOOKUP\",le=\"+Inf\"} 3\n") !=
+          std::string::npos);
+    CHECK(prom.find("virtiofs_inodes 2\n") != std::string::npos);  // Root and "present".
+    // INIT and three LOOKUPs went through request queue 1.
+    CHECK(prom.find("virtiofs_queue_completed_total{queue=\"1\"} 4\n") != std::string::npos);
+
+    const std::string json = AskStats(stats, "json\n");
+    INFO(json);
+    CHECK(json.find("\"LOOKUP\": {\"requests\": 3, \"replies\": 3, \"errors\": 1,") !=
+          std::string::npos);
+    CHECK(json.find("\"initialized\": true") != std::string::npos);
+
+    kill(s.daemon->pid(), SIGUSR1);
+    bool logged = false;
+    for (int i = 0; i < 200 && !logged; ++i) {
+      logged = s.Log().find("stats: {\"uptime_seconds\"") != std::string::npos;
+      if (!logged) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(logged);
+    s.fe.reset();  // The daemon exits (no --reconnect) and removes its sockets.
+    REQUIRE(s.daemon->Wait(10000).has_value());
+  }
+  struct stat st;
+  CHECK(stat(stats.c_str(), &st) != 0);  // Removed at exit.
+  fs::remove_all(t);
+}
+
+TEST_CASE("the daemon exits when the front-end leaves, unless --reconnect") {
+  SECTION("default: exit 0, socket and pid file removed") {
+    Session s;
+    s.fe.reset();
+    auto st = s.daemon->Wait(10000);
+    REQUIRE(st.has_value());
+    CHECK(WIFEXITED(*st));
+    CHECK(WEXITSTATUS(*st) == 0);
+    CHECK(!fs::exists(s.dir + "/sock"));
+    CHECK(!fs::exists(s.dir + "/sock.pid"));
+  }
+  SECTION("--reconnect: the next front-end goes on with the session") {
+    Session s({"--reconnect"});
+    std::ofstream(s.share + "/kept") << "x";
+    REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "kept")).error() == 0);
+    s.fe.reset();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK(!s.daemon->Wait(0).has_value());
+    s.Attach();
+    // No new INIT: the FUSE session outlived the front-end.
+    CHECK(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "kept")).error() == 0);
+  }
 }
 
 }  // namespace

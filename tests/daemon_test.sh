@@ -9,6 +9,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 "$bin" --version | grep -q virtiofsd || fail "--version"
 "$bin" --help | grep -q -- "--shared-dir" || fail "--help"
 "$bin" --print-capabilities | grep -q '"type": "fs"' || fail "--print-capabilities"
+"$bin" --print-capabilities | grep -q '"separate-options"' || fail "--print-capabilities features"
 
 # Errors: one clear line on stderr and a non-zero exit, nothing listening.
 out=$("$bin" --bogus 2>&1) && fail "unknown flag accepted"
@@ -30,9 +31,43 @@ for _ in $(seq 100); do [ -S "$dir/sock" ] && break; sleep 0.05; done
 grep -q "vhost-user-fs-pci,chardev=vfs,queue-size=1024,tag=mytag" "$dir/out" || fail "QEMU line"
 # A second daemon on the same socket is refused.
 "$bin" --shared-dir "$dir/share" --socket-path "$dir/sock" 2>/dev/null && fail "socket in use"
+[ "$(cat "$dir/sock.pid")" = "$pid" ] || fail "pid file: $(cat "$dir/sock.pid") is not $pid"
+[ "$(stat -c %a "$dir/sock")" = 600 ] || fail "socket mode $(stat -c %a "$dir/sock")"
 kill -TERM $pid
 wait $pid
 status=$?
 [ $status -eq 0 ] || fail "exit status $status after SIGTERM: $(cat "$dir/err")"
 [ -e "$dir/sock" ] && fail "socket left behind"
+[ -e "$dir/sock.pid" ] && fail "pid file left behind"
+
+# The legacy form (C virtiofsd, libvirt without separate-options), a log
+# file that SIGHUP reopens (logrotate), and --socket-group.
+"$bin" --socket-path="$dir/sock" -o source="$dir/share",cache=always,xattr,flock,no_posix_lock \
+  -o log_level=info --log-file "$dir/log" --socket-group root >"$dir/out" 2>"$dir/err" &
+pid=$!
+for _ in $(seq 100); do [ -S "$dir/sock" ] && break; sleep 0.05; done
+[ -S "$dir/sock" ] || fail "legacy form: no socket: $(cat "$dir/err")"
+[ "$(stat -c %a:%G "$dir/sock")" = 660:root ] || fail "--socket-group: $(stat -c %a:%G "$dir/sock")"
+grep -q "deprecated: -o" "$dir/log" || fail "--log-file: no deprecation warning: $(cat "$dir/log")"
+mv "$dir/log" "$dir/log.1"
+kill -HUP $pid
+for _ in $(seq 100); do [ -s "$dir/log" ] && break; sleep 0.05; done
+grep -q "SIGHUP: log reopened" "$dir/log" || fail "SIGHUP did not reopen the log"
+kill -0 $pid || fail "SIGHUP killed the daemon"
+kill -TERM $pid
+wait $pid || fail "legacy form: exit status $?"
+"$bin" --socket-path="$dir/sock" -o source="$dir/share",frobnicate 2>/dev/null &&
+  fail "unknown -o option accepted"
+
+# --daemonize: the command returns once the socket listens; the pid file
+# names the daemon, which SIGTERM stops.
+"$bin" --shared-dir "$dir/share" --socket-path "$dir/sock" --daemonize --log-file "$dir/dlog" ||
+  fail "--daemonize: exit status $?"
+[ -S "$dir/sock" ] || fail "--daemonize: not listening when the command returned"
+dpid=$(cat "$dir/sock.pid")
+kill -0 "$dpid" || fail "--daemonize: pid file names no process"
+kill -TERM "$dpid"
+for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.05; done
+kill -0 "$dpid" 2>/dev/null && fail "--daemonize: SIGTERM did not stop it"
+[ -e "$dir/sock" ] && fail "--daemonize: socket left behind"
 echo "daemon: ok"

@@ -146,6 +146,12 @@ struct Fixture {
   uint64_t unique = 0;
 };
 
+std::unique_ptr<VirtioFsDevice> TaggedDevice(Backend& b) {
+  VirtioFsDeviceOptions o;
+  o.tag = "tagged";
+  return *VirtioFsDevice::Create(&b, o);
+}
+
 TEST_CASE("options are checked") {
   TestBackend b;
   VirtioFsDeviceOptions o;
@@ -158,6 +164,18 @@ TEST_CASE("options are checked") {
   o.max_queue_size = 1000;
   CHECK(absl::IsInvalidArgument(VirtioFsDevice::Create(&b, o).status()));
   CHECK(absl::IsInvalidArgument(VirtioFsDevice::Create(nullptr, {}).status()));
+  // No tag: no config space, so VHOST_USER_PROTOCOL_F_CONFIG is not offered
+  // (the front-end's tag is used; virtiofsd does the same).
+  o.max_queue_size = 1024;
+  o.tag = "";
+  auto untagged = VirtioFsDevice::Create(&b, o);
+  REQUIRE(untagged.ok());
+  CHECK((*untagged)->ConfigSize() == 0);
+  VhostUserBackend vub(untagged->get());
+  CHECK((vub.OfferedProtocolFeatures() & Bit(vhost_user::kProtocolConfig)) == 0);
+  auto tagged_device = TaggedDevice(b);
+  VhostUserBackend tagged(tagged_device.get());
+  CHECK((tagged.OfferedProtocolFeatures() & Bit(vhost_user::kProtocolConfig)) != 0);
 }
 
 TEST_CASE("requests flow through both request queues and the hiprio queue") {

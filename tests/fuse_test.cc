@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -1259,8 +1260,18 @@ TEST_CASE("READ: short reads, async answers, and answers longer than asked") {
     auto sent = s.h.Submit(req, {4096});
     std::this_thread::sleep_for(20ms);
     CHECK_FALSE(s.h.IsDone(sent));
+    CHECK(s.h.session().in_flight() == 1);  // Decoded, not answered.
     s.b().hold = false;
     Completed c = s.h.Collect(sent);
+    CHECK(s.h.session().in_flight() == 0);
+    const FuseOpStats st = s.h.session().op_stats(FUSE_READ);
+    CHECK(st.replies == 1);
+    CHECK(st.errors == 0);
+    // The answer was held 20 ms: the latency says so, in the right bucket.
+    CHECK(st.total_ns >= 20'000'000);
+    uint64_t slow = 0;  // Replies of 16.384 ms and more: buckets 15 and up.
+    for (int i = 15; i < FuseOpStats::kBuckets; ++i) slow += st.buckets[i];
+    CHECK(slow == 1);
     CHECK(c.thread != std::this_thread::get_id());
     FuseReply r = s.h.Parse(sent, c);
     CHECK(std::string(r.body.begin(), r.body.end()) == std::string(3000, 'y'));
@@ -1965,6 +1976,19 @@ TEST_CASE("Requests are counted per opcode") {
   CHECK(s.h.session().count(FUSE_LOOKUP) == 2);
   CHECK(s.h.session().count(0) == 1);
   CHECK(s.h.session().count(9999) == 0);
+  // Replies and errors per opcode (the test backend answers ENOSYS-free
+  // lookups; the unknown opcode is ENOSYS, counted under 0).
+  CHECK(s.h.session().op_stats(FUSE_LOOKUP).replies == 2);
+  CHECK(s.h.session().op_stats(0).errors == 1);
+  CHECK(s.h.session().in_flight() == 0);
+  CHECK(FuseOpcodeName(FUSE_LOOKUP) == "LOOKUP");
+  CHECK(FuseOpcodeName(FUSE_COPY_FILE_RANGE) == "COPY_FILE_RANGE");
+  CHECK(FuseOpcodeName(52) == "STATX");
+  CHECK(FuseOpcodeName(7) == "UNKNOWN");
+  CHECK(FuseOpcodeName(9999) == "UNKNOWN");
+  CHECK(FuseOpStats::BucketLimitUs(0) == 1);
+  CHECK(FuseOpStats::BucketLimitUs(3) == 8);
+  CHECK(std::isinf(FuseOpStats::BucketLimitUs(FuseOpStats::kBuckets - 1)));
 }
 // ======================= 3. Hostile input =======================
 

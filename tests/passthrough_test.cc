@@ -70,6 +70,56 @@ struct Env {
   std::unique_ptr<FuseHarness> harness;
 };
 
+// Host open flags of the fd this process holds open on `path` (as fdinfo
+// says; O_PATH fds, the inodes' own, are passed over), or -1 when none is.
+long HostOpenFlags(const std::string& path) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink(e.path(), ec) != path) continue;
+    std::ifstream info("/proc/self/fdinfo/" + e.path().filename().string());
+    for (std::string line; std::getline(info, line);) {
+      if (line.rfind("flags:", 0) != 0) continue;
+      const long flags = std::stol(line.substr(6), nullptr, 8);
+      if ((flags & O_PATH) == 0) return flags;
+    }
+  }
+  return -1;
+}
+
+TEST_CASE("timeout override, allow_mmap and O_NOATIME as the daemon sets them") {
+  constexpr uint64_t kAllowMmap = uint64_t{1} << 36;  // FUSE_DIRECT_IO_ALLOW_MMAP
+  SECTION("defaults") {
+    Env e;
+    auto init = e.harness->Init(kAllowMmap);
+    CHECK((init.BodyAs<fuse_init_out>()->flags2 & (kAllowMmap >> 32)) == 0);
+    WriteFile(e.dir / "f", "x");
+    auto entry = e.Lookup(FUSE_ROOT_ID, "f");
+    CHECK(entry.entry_valid == 1);  // cache=auto
+    e.Open(entry.nodeid, O_RDONLY | O_NOATIME);
+    const long flags = HostOpenFlags(e.dir / "f");
+    REQUIRE(flags >= 0);
+    CHECK((flags & O_NOATIME) != 0);
+  }
+  SECTION("set") {
+    PassthroughOptions o;
+    o.timeout = 7.5;
+    o.allow_mmap = true;
+    o.preserve_noatime = false;
+    Env e(o);
+    auto init = e.harness->Init(kAllowMmap);
+    CHECK((init.BodyAs<fuse_init_out>()->flags2 & (kAllowMmap >> 32)) != 0);
+    WriteFile(e.dir / "f", "x");
+    auto entry = e.Lookup(FUSE_ROOT_ID, "f");
+    CHECK(entry.entry_valid == 7);
+    CHECK(entry.entry_valid_nsec == 500000000);
+    CHECK(entry.attr_valid == 7);
+    e.Open(entry.nodeid, O_RDONLY | O_NOATIME);
+    const long flags = HostOpenFlags(e.dir / "f");
+    REQUIRE(flags >= 0);
+    CHECK((flags & O_NOATIME) == 0);
+  }
+}
+
 TEST_CASE("lookup and getattr match the host") {
   Env e;
   WriteFile(e.dir / "hello.txt", "hello world");

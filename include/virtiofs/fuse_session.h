@@ -10,9 +10,11 @@
 #ifndef VIRTIOFS_FUSE_SESSION_H_
 #define VIRTIOFS_FUSE_SESSION_H_
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <string_view>
 
 #include "virtiofs/backend.h"
 #include "virtiofs/virtqueue.h"
@@ -46,6 +48,26 @@ struct FuseSessionOptions {
   // max_background and congestion_threshold sent in INIT (0: guest default).
   uint16_t max_background = 0;
   uint16_t congestion_threshold = 0;
+  // Time every request (two clock reads) for FuseSession::op_stats.
+  bool measure_latency = true;
+};
+
+// The opcode's name as in <linux/fuse.h> without "FUSE_" ("LOOKUP"), or
+// "UNKNOWN".
+std::string_view FuseOpcodeName(uint32_t opcode);
+
+// What one opcode has cost so far (a snapshot; see FuseSession::op_stats).
+struct FuseOpStats {
+  // Latency histogram: bucket 0 counts replies under 1 us, bucket i (1 to
+  // kBuckets - 2) those in [2^(i-1), 2^i) us, the last one everything slower
+  // (over 2^(kBuckets-2) us, about 4 s).
+  static constexpr int kBuckets = 24;
+  uint64_t replies = 0;   // Requests answered (or completed without reply).
+  uint64_t errors = 0;    // Of them, answered with an error.
+  uint64_t total_ns = 0;  // Sum of latencies (decode to reply).
+  std::array<uint64_t, kBuckets> buckets{};
+  // Upper bound of bucket i in microseconds (infinity for the last).
+  static double BucketLimitUs(int i);
 };
 
 class FuseSession {
@@ -79,6 +101,11 @@ class FuseSession {
   uint64_t count(uint32_t opcode) const {
     return opcode < kMaxOpcode ? counts_[opcode].load(std::memory_order_relaxed) : 0;
   }
+  // Replies, errors and latencies per opcode (index as count()); zero when
+  // FuseSessionOptions::measure_latency is off, but for replies and errors.
+  FuseOpStats op_stats(uint32_t opcode) const;
+  // Requests decoded and not answered yet (running, or waiting on a lock).
+  uint64_t in_flight() const { return in_flight_.load(std::memory_order_relaxed); }
 
  private:
   void HandleInit(class fuse_internal::PendingRequest* req, std::span<const uint8_t> payload);
@@ -91,8 +118,16 @@ class FuseSession {
   std::atomic<uint64_t> flags_{0};
   std::atomic<uint32_t> max_pages_;
   std::atomic<uint64_t> counts_[kMaxOpcode] = {};
+  struct OpCounters {
+    std::atomic<uint64_t> replies{0}, errors{0}, total_ns{0};
+    std::atomic<uint64_t> buckets[FuseOpStats::kBuckets] = {};
+  };
+  void RecordReply(uint32_t opcode, int32_t error, uint64_t start_ns);
+  OpCounters ops_[kMaxOpcode];
+  std::atomic<uint64_t> in_flight_{0};
 
   friend class FuseDispatcher;
+  friend class fuse_internal::PendingRequest;
 };
 
 }  // namespace virtiofs

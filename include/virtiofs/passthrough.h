@@ -16,6 +16,7 @@
 #define VIRTIOFS_PASSTHROUGH_H_
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -32,6 +33,9 @@ struct PassthroughOptions {
   // keep file data cached across opens (virtiofsd's --cache).
   enum class Cache { kNever, kMetadata, kAuto, kAlways };
   Cache cache = Cache::kAuto;
+  // Overrides the entry and attribute timeout (seconds) the cache policy
+  // implies (the legacy `-o timeout=`).
+  std::optional<double> timeout;
 
   // How inodes are held: O_PATH fds, file handles where the file system
   // supports them, or file handles only (fails where unsupported). Handles
@@ -48,6 +52,13 @@ struct PassthroughOptions {
   bool killpriv_v2 = true;        // FUSE_HANDLE_KILLPRIV_V2.
   bool announce_submounts = false;  // FUSE_SUBMOUNTS and FUSE_ATTR_SUBMOUNT.
   bool allow_direct_io = false;   // Keep O_DIRECT from the guest.
+  // FUSE_DIRECT_IO_ALLOW_MMAP: the guest may mmap files opened with
+  // direct I/O (cache never/metadata); shared mappings then go through the
+  // guest's page cache without coherence with the host.
+  bool allow_mmap = false;
+  // Keep O_NOATIME from the guest. When false it is dropped, for a daemon
+  // without CAP_FOWNER that would otherwise fail opens of others' files.
+  bool preserve_noatime = true;
   bool posix_locks = true;        // FUSE_POSIX_LOCKS (host OFD locks).
   bool flock = true;              // FUSE_FLOCK_LOCKS.
   // File data I/O: io_uring on each queue worker (falls back to the

@@ -9,6 +9,8 @@
 #ifndef VIRTIOFS_SERVER_H_
 #define VIRTIOFS_SERVER_H_
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -19,6 +21,13 @@
 #include "virtiofs/vhost_user.h"
 
 namespace virtiofs {
+
+// Binds and listens on a unix socket at `path`, for a caller that wants the
+// socket before it builds the server (a daemon that sandboxes itself in
+// between, say). A stale socket file (nobody listening) is replaced; a live
+// one is an error (AlreadyExists), as is any other file. The socket file is
+// created with `mode` (umask ignored).
+absl::StatusOr<UniqueFd> ListenUnixSocket(const std::string& path, mode_t mode = 0600);
 
 struct ServerOptions {
   // After a front-end disconnects, accept the next one instead of returning

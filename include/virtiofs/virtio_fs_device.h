@@ -27,7 +27,9 @@
 namespace virtiofs {
 
 struct VirtioFsDeviceOptions {
-  // The mount tag the guest sees (config space; at most 36 bytes).
+  // The mount tag the guest sees (config space; at most 36 bytes). Empty:
+  // no config space at all (VHOST_USER_PROTOCOL_F_CONFIG not offered), and
+  // the front-end supplies the tag, as QEMU's vhost-user-fs-pci tag= does.
   std::string tag = "virtiofs";
   // Request queues (the device has one more: the high-priority queue).
   uint32_t num_request_queues = 1;
@@ -56,9 +58,12 @@ class VirtioFsDevice : public VhostUserDevice {
   void Reset() override;
 
   FuseSession& session() { return *session_; }
+  const FuseSession& session() const { return *session_; }
   const VirtioFsDeviceOptions& options() const { return options_; }
   // Chains completed per queue so far (index = queue).
   uint64_t completed(uint32_t queue) const;
+  // Chains taken from a running queue and not completed yet (its depth).
+  uint64_t in_flight(uint32_t queue) const;
   // Queues with a running worker.
   size_t running_queues() const;
 

@@ -69,6 +69,12 @@ class VirtioFsDevice::Worker : public CompletionSink {
 
   Vring* vring() const { return vring_; }
   uint64_t completed() const { return completed_.load(std::memory_order_relaxed); }
+  uint64_t in_flight() const {
+    // Completed is read first: a chain completed after it counts as still
+    // in flight, never as a negative depth.
+    const uint64_t done = completed_.load(std::memory_order_relaxed);
+    return popped_.load(std::memory_order_relaxed) - done;
+  }
 
  private:
   void Finish(const DescriptorChain& chain, uint32_t reply_length) {
@@ -105,6 +111,7 @@ class VirtioFsDevice::Worker : public CompletionSink {
           continue;
         }
         if (!*r) break;
+        popped_.fetch_add(1, std::memory_order_relaxed);
         session_->Handle(std::move(chain), this, queue_.get());
         chain = DescriptorChain();
       }
@@ -164,14 +171,15 @@ class VirtioFsDevice::Worker : public CompletionSink {
   std::mutex mu_;
   std::vector<std::pair<DescriptorChain, uint32_t>> remote_;
   std::atomic<uint64_t> completed_{0};
+  std::atomic<uint64_t> popped_{0};
 };
 
 absl::StatusOr<std::unique_ptr<VirtioFsDevice>> VirtioFsDevice::Create(
     Backend* backend, VirtioFsDeviceOptions options) {
   if (backend == nullptr) return absl::InvalidArgumentError("no backend");
-  if (options.tag.empty() || options.tag.size() > sizeof(virtio_fs_config::tag)) {
+  if (options.tag.size() > sizeof(virtio_fs_config::tag)) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("tag '%s' must have 1 to 36 bytes", options.tag));
+        absl::StrFormat("tag '%s' has more than 36 bytes", options.tag));
   }
   if (options.num_request_queues == 0 || options.num_request_queues > 255) {
     return absl::InvalidArgumentError(
@@ -199,7 +207,9 @@ VirtioFsDevice::~VirtioFsDevice() {
   for (Vring* v : running) StopQueue(*v);
 }
 
-uint32_t VirtioFsDevice::ConfigSize() const { return sizeof(virtio_fs_config); }
+uint32_t VirtioFsDevice::ConfigSize() const {
+  return options_.tag.empty() ? 0 : sizeof(virtio_fs_config);
+}
 
 absl::Status VirtioFsDevice::ReadConfig(uint32_t offset, std::span<uint8_t> out) const {
   virtio_fs_config config{};
@@ -258,6 +268,12 @@ uint64_t VirtioFsDevice::completed(uint32_t queue) const {
   if (auto it = completed_.find(queue); it != completed_.end()) n += it->second;
   if (auto it = workers_.find(queue); it != workers_.end()) n += it->second->completed();
   return n;
+}
+
+uint64_t VirtioFsDevice::in_flight(uint32_t queue) const {
+  std::lock_guard lock(mu_);
+  auto it = workers_.find(queue);
+  return it == workers_.end() ? 0 : it->second->in_flight();
 }
 
 size_t VirtioFsDevice::running_queues() const {

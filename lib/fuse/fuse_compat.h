@@ -67,6 +67,11 @@ struct fuse_supp_groups {
 
 #endif  // FUSE_KERNEL_MINOR_VERSION < 39
 
+// 7.39 headers of Linux 6.6 call bit 36 FUSE_DIRECT_IO_RELAX.
+#ifndef FUSE_DIRECT_IO_ALLOW_MMAP
+#define FUSE_DIRECT_IO_ALLOW_MMAP (1ULL << 36)
+#endif
+
 namespace virtiofs {
 // Limits of the Linux FUSE client (fs/fuse/fuse_i.h), not in the UAPI header.
 inline constexpr size_t kFuseNameMax = 1024;       // FUSE_NAME_MAX

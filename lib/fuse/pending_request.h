@@ -14,7 +14,8 @@ namespace virtiofs::fuse_internal {
 
 class PendingRequest {
  public:
-  PendingRequest(DescriptorChain chain, CompletionSink* sink);
+  // `session` (may be null) gets the request's statistics when it is done.
+  PendingRequest(DescriptorChain chain, CompletionSink* sink, FuseSession* session = nullptr);
   void set_header(uint64_t unique, uint32_t opcode) {
     unique_ = unique;
     opcode_ = opcode;
@@ -53,9 +54,13 @@ class PendingRequest {
 
  private:
   void Finish(int32_t error, uint32_t payload_bytes);
+  // Records the statistics, deletes this, and hands the chain to the sink.
+  void Done(int32_t error, uint32_t reply_length);
 
   DescriptorChain chain_;
   CompletionSink* sink_;
+  FuseSession* session_;
+  uint64_t start_ns_ = 0;  // 0: not timed.
   uint64_t unique_ = 0;
   uint32_t opcode_ = 0;
   bool header_fits_ = false;

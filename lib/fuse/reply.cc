@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <ctime>
+#include <limits>
 
 #include "lib/fuse/pending_request.h"
 #include "virtiofs/log.h"
@@ -10,11 +12,24 @@
 namespace virtiofs {
 namespace fuse_internal {
 
-PendingRequest::PendingRequest(DescriptorChain chain, CompletionSink* sink)
+namespace {
+uint64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1000000000 + uint64_t(ts.tv_nsec);
+}
+}  // namespace
+
+PendingRequest::PendingRequest(DescriptorChain chain, CompletionSink* sink, FuseSession* session)
     : chain_(std::move(chain)),
       sink_(sink),
+      session_(session),
       header_(chain_.writable()),
       payload_(std::span<const iovec>()) {
+  if (session_ != nullptr) {
+    session_->in_flight_.fetch_add(1, std::memory_order_relaxed);
+    if (session_->options_.measure_latency) start_ns_ = NowNs();
+  }
   auto rest = header_.SplitAt(sizeof(fuse_out_header));
   if (rest.ok()) {
     header_fits_ = true;
@@ -35,10 +50,18 @@ void PendingRequest::Finish(int32_t error, uint32_t payload_bytes) {
     VIRTIOFS_LOG(kWarning, "fuse: request {} (opcode {}) has no room for a reply", unique_,
                  opcode_);
   }
+  Done(error, len);
+}
+
+void PendingRequest::Done(int32_t error, uint32_t reply_length) {
+  if (session_ != nullptr) {
+    session_->RecordReply(opcode_, error, start_ns_);
+    session_->in_flight_.fetch_sub(1, std::memory_order_relaxed);
+  }
   CompletionSink* sink = sink_;
   DescriptorChain chain = std::move(chain_);
   delete this;
-  sink->Complete(std::move(chain), len);
+  sink->Complete(std::move(chain), reply_length);
 }
 
 void PendingRequest::Fail(int err) {
@@ -65,12 +88,59 @@ void PendingRequest::SucceedWritten(uint32_t extra) {
   Finish(0, static_cast<uint32_t>(payload_.bytes_written()) + extra);
 }
 
-void PendingRequest::CompleteSilently() {
-  CompletionSink* sink = sink_;
-  DescriptorChain chain = std::move(chain_);
-  delete this;
-  sink->Complete(std::move(chain), 0);
+void PendingRequest::CompleteSilently() { Done(0, 0); }
+
+}  // namespace fuse_internal
+
+void FuseSession::RecordReply(uint32_t opcode, int32_t error, uint64_t start_ns) {
+  OpCounters& c = ops_[opcode < kMaxOpcode ? opcode : 0];
+  c.replies.fetch_add(1, std::memory_order_relaxed);
+  if (error != 0) c.errors.fetch_add(1, std::memory_order_relaxed);
+  if (start_ns == 0) return;
+  const uint64_t ns = fuse_internal::NowNs() - start_ns;
+  c.total_ns.fetch_add(ns, std::memory_order_relaxed);
+  const uint64_t us = ns / 1000;
+  // Bucket i > 0 holds [2^(i-1), 2^i) us: i is the bit width of us.
+  int bucket = us == 0 ? 0 : 64 - __builtin_clzll(us);
+  if (bucket > FuseOpStats::kBuckets - 1) bucket = FuseOpStats::kBuckets - 1;
+  c.buckets[bucket].fetch_add(1, std::memory_order_relaxed);
 }
+
+FuseOpStats FuseSession::op_stats(uint32_t opcode) const {
+  FuseOpStats s;
+  if (opcode >= kMaxOpcode) return s;
+  const OpCounters& c = ops_[opcode];
+  s.replies = c.replies.load(std::memory_order_relaxed);
+  s.errors = c.errors.load(std::memory_order_relaxed);
+  s.total_ns = c.total_ns.load(std::memory_order_relaxed);
+  for (int i = 0; i < FuseOpStats::kBuckets; ++i) {
+    s.buckets[i] = c.buckets[i].load(std::memory_order_relaxed);
+  }
+  return s;
+}
+
+std::string_view FuseOpcodeName(uint32_t opcode) {
+  static constexpr std::string_view kNames[FuseSession::kMaxOpcode] = {
+      "UNKNOWN",   "LOOKUP",       "FORGET",      "GETATTR",        "SETATTR",
+      "READLINK",  "SYMLINK",      "UNKNOWN",     "MKNOD",          "MKDIR",
+      "UNLINK",    "RMDIR",        "RENAME",      "LINK",           "OPEN",
+      "READ",      "WRITE",        "STATFS",      "RELEASE",        "UNKNOWN",
+      "FSYNC",     "SETXATTR",     "GETXATTR",    "LISTXATTR",      "REMOVEXATTR",
+      "FLUSH",     "INIT",         "OPENDIR",     "READDIR",        "RELEASEDIR",
+      "FSYNCDIR",  "GETLK",        "SETLK",       "SETLKW",         "ACCESS",
+      "CREATE",    "INTERRUPT",    "BMAP",        "DESTROY",        "IOCTL",
+      "POLL",      "NOTIFY_REPLY", "BATCH_FORGET", "FALLOCATE",     "READDIRPLUS",
+      "RENAME2",   "LSEEK",        "COPY_FILE_RANGE", "SETUPMAPPING", "REMOVEMAPPING",
+      "SYNCFS",    "TMPFILE",      "STATX"};
+  return opcode < FuseSession::kMaxOpcode ? kNames[opcode] : kNames[0];
+}
+
+double FuseOpStats::BucketLimitUs(int i) {
+  if (i >= kBuckets - 1) return std::numeric_limits<double>::infinity();
+  return std::ldexp(1.0, i);
+}
+
+namespace fuse_internal {
 
 void SplitTimeout(double seconds, uint64_t* sec, uint32_t* nsec) {
   if (!(seconds > 0)) {  // Also NaN.

@@ -29,7 +29,8 @@ constexpr uint64_t kBackendFlags =
     FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_WRITEBACK_CACHE | FUSE_POSIX_LOCKS |
     FUSE_FLOCK_LOCKS | FUSE_EXPORT_SUPPORT | FUSE_SUBMOUNTS | FUSE_HANDLE_KILLPRIV_V2 |
     FUSE_POSIX_ACL | FUSE_DONT_MASK | FUSE_SECURITY_CTX | FUSE_CREATE_SUPP_GROUP |
-    FUSE_CACHE_SYMLINKS | FUSE_MAP_ALIGNMENT | FUSE_AUTO_INVAL_DATA | FUSE_ATOMIC_O_TRUNC;
+    FUSE_CACHE_SYMLINKS | FUSE_MAP_ALIGNMENT | FUSE_AUTO_INVAL_DATA | FUSE_ATOMIC_O_TRUNC |
+    FUSE_DIRECT_IO_ALLOW_MMAP;
 
 // Largest request other than WRITE: a SETXATTR of the largest value
 // (XATTR_SIZE_MAX) plus its name and headers, with room for extensions.
@@ -187,7 +188,7 @@ void FuseSession::Reset() {
 }
 
 void FuseSession::Handle(DescriptorChain chain, CompletionSink* sink, QueueContext* queue) {
-  auto* req = new PendingRequest(std::move(chain), sink);
+  auto* req = new PendingRequest(std::move(chain), sink, this);
   // The reader must use the chain where the request keeps it.
   ChainReader in(req->chain().readable());
   fuse_in_header h;

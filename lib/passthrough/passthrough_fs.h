@@ -95,6 +95,7 @@ class PassthroughFs final : public PassthroughBackend {
     if (options_.announce_submounts) f |= FUSE_SUBMOUNTS;
     if (options_.posix_acl && options_.xattr) f |= FUSE_POSIX_ACL;
     if (options_.security_label) f |= FUSE_SECURITY_CTX;
+    if (options_.allow_mmap) f |= FUSE_DIRECT_IO_ALLOW_MMAP;
     // The group arrives per request and is used for creating (credentials).
     f |= FUSE_CREATE_SUPP_GROUP;
     return f;
@@ -466,6 +467,7 @@ class PassthroughFs final : public PassthroughBackend {
   static mode_t Masked(uint32_t mode, uint32_t umask) { return mode & ~umask; }
 
   double AttrTimeout() const {
+    if (options_.timeout) return *options_.timeout;
     switch (options_.cache) {
       case Cache::kNever: return 0;
       case Cache::kAuto: return 1;
@@ -492,6 +494,7 @@ class PassthroughFs final : public PassthroughBackend {
     // through /proc/self/fd/N is itself a (magic) link that must be followed.
     f &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
     if (!options_.allow_direct_io) f &= ~O_DIRECT;
+    if (!options_.preserve_noatime) f &= ~O_NOATIME;
     if (flags_.load(std::memory_order_relaxed) & FUSE_WRITEBACK_CACHE) {
       // The guest's page cache writes whole pages: it may need to read what
       // it writes, and it does O_APPEND itself.

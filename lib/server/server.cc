@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_format.h"
 #include "virtiofs/log.h"
+#include "virtiofs/status_macros.h"
 #include "virtiofs/vhost_user_message.h"
 
 namespace virtiofs {
@@ -133,8 +134,7 @@ VhostUserServer::~VhostUserServer() {
   if (impl_->owns_path) unlink(impl_->path.c_str());
 }
 
-absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Listen(
-    const std::string& path, VhostUserDevice* device, ServerOptions options) {
+absl::StatusOr<UniqueFd> ListenUnixSocket(const std::string& path, mode_t mode) {
   sockaddr_un addr{};
   if (path.empty() || path.size() >= sizeof addr.sun_path) {
     return absl::InvalidArgumentError(
@@ -158,10 +158,24 @@ absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Listen(
   }
   UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!fd.valid()) return absl::ErrnoToStatus(errno, "socket");
-  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return absl::ErrnoToStatus(errno, absl::StrFormat("bind '%s'", path));
+  // The socket file gets `mode` from the start: no window in which a
+  // process that may not connect could.
+  const mode_t old_umask = umask(~mode & 0777);
+  const int bound = bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  const int bind_errno = errno;
+  umask(old_umask);
+  if (bound != 0) return absl::ErrnoToStatus(bind_errno, absl::StrFormat("bind '%s'", path));
+  if (listen(fd.get(), 1) != 0) {
+    const int e = errno;
+    unlink(path.c_str());
+    return absl::ErrnoToStatus(e, "listen");
   }
-  if (listen(fd.get(), 1) != 0) return absl::ErrnoToStatus(errno, "listen");
+  return fd;
+}
+
+absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Listen(
+    const std::string& path, VhostUserDevice* device, ServerOptions options) {
+  VIRTIOFS_ASSIGN_OR_RETURN(UniqueFd fd, ListenUnixSocket(path));
   auto server = FromListeningFd(std::move(fd), device, options);
   if (!server.ok()) {
     unlink(path.c_str());
