@@ -24,6 +24,7 @@
 #include "tests/support/frontend.h"
 #include "tests/support/fuse_request.h"
 #include "tests/support/guest_ram.h"
+#include "virtiofs/server.h"
 
 namespace virtiofs {
 namespace {
@@ -41,12 +42,20 @@ namespace fs = std::filesystem;
 // The daemon under test, always reaped (SIGKILL if it lingers).
 class Daemon {
  public:
+  // `socket` is a path to listen on, or "fd=N": a listening socket the
+  // daemon inherits as fd N (libvirt's and Kata's --fd).
   Daemon(const std::string& share, const std::string& socket, const std::string& log,
          const std::vector<std::string>& extra = {}) {
     const char* bin = std::getenv("VIRTIOFSD");
     REQUIRE(bin != nullptr);
-    std::vector<std::string> args = {bin,    "--shared-dir", share,  "--socket-path",
-                                     socket, "--log-level",  "debug"};
+    const bool inherit = socket.rfind("fd=", 0) == 0;
+    const int inherited = inherit ? std::stoi(socket.substr(3)) : -1;
+    std::vector<std::string> args = {bin, "--shared-dir", share, "--log-level", "debug"};
+    if (inherit) {
+      args.push_back("--fd=" + std::to_string(inherited));
+    } else {
+      args.insert(args.end(), {"--socket-path", socket});
+    }
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -58,6 +67,7 @@ class Daemon {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
       dup2(out, 1);
       dup2(out, 2);
+      if (inherited >= 0) fcntl(inherited, F_SETFD, 0);  // Passed on exec.
       execv(argv[0], argv.data());
       _exit(127);
     }
@@ -288,6 +298,54 @@ TEST_CASE("--stats-socket and SIGUSR1 report what the guest asked") {
   struct stat st;
   CHECK(stat(stats.c_str(), &st) != 0);  // Removed at exit.
   fs::remove_all(t);
+}
+
+TEST_CASE("--fd: the daemon serves a listening socket it inherits (libvirt, Kata)") {
+  char t[] = "/tmp/virtiofs-fd-XXXXXX";
+  REQUIRE(mkdtemp(t) != nullptr);
+  const std::string dir = t;
+  fs::create_directory(dir + "/share");
+  std::ofstream(dir + "/share/file") << "through an inherited socket";
+  auto listening = ListenUnixSocket(dir + "/sock");
+  REQUIRE(listening.ok());
+  {
+    Daemon d(dir + "/share", "fd=" + std::to_string(listening->get()), dir + "/log",
+             {"--syslog", "--cache=auto", "--thread-pool-size=1", "-o", "announce_submounts"});
+    listening->reset();  // The daemon has its own copy.
+    auto ram = GuestRam::CreateOrDie(16 << 20);
+    DriverQueue hiprio(*ram, 128, 0, 0x10000, 0x10000, true);
+    DriverQueue q(*ram, 1024, 0x100000, 0x200000, 14 << 20, true);
+    auto f = Frontend::Connect(dir + "/sock", 10000);
+    INFO(f.status().message());
+    REQUIRE(f.ok());
+    auto& fe = *f;
+    REQUIRE(fe->Negotiate(Bit(VIRTIO_F_VERSION_1) | Bit(VIRTIO_RING_F_EVENT_IDX) |
+                              Bit(kFeatureProtocolFeatures),
+                          Bit(kProtocolReplyAck) | Bit(kProtocolMq))
+                .ok());
+    REQUIRE(fe->SetMemTable(*ram).ok());
+    REQUIRE(fe->StartVring(0, hiprio).ok());
+    REQUIRE(fe->StartVring(1, q).ok());
+    auto call = [&](std::vector<uint8_t> req) {
+      auto r = testing::FuseTransact(*fe, 1, q, *ram, req, 4096);
+      REQUIRE(r.ok());
+      q.ResetAlloc();
+      return *std::move(r);
+    };
+    REQUIRE(call(BuildInit(2)).error() == 0);
+    auto look = call(testing::BuildLookup(4, FUSE_ROOT_ID, "file"));
+    REQUIRE(look.error() == 0);
+    CHECK(look.BodyAs<fuse_entry_out>()->attr.size == 27);
+    fe.reset();
+    // The front-end left: the daemon exits 0, and leaves the launcher's
+    // socket file alone (it did not create it).
+    auto st = d.Wait(10000);
+    REQUIRE(st.has_value());
+    CHECK(WIFEXITED(*st));
+    CHECK(WEXITSTATUS(*st) == 0);
+    CHECK(fs::exists(dir + "/sock"));
+  }
+  fs::remove_all(dir);
 }
 
 TEST_CASE("the daemon exits when the front-end leaves, unless --reconnect") {
