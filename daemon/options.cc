@@ -94,7 +94,11 @@ absl::Status ApplyLegacy(std::string_view item, Config* c) {
     if (key == "sandbox") return SetSandbox(flag, v, c);
     if (key == "log_level" || key == "loglevel") return SetLogLevel(flag, v, c);
     if (key == "modcaps") return SetNonEmpty(flag, v, &c->modcaps);
-    if (key == "xattrmap") return absl::InvalidArgumentError("-o xattrmap: not supported yet");
+    if (key == "xattrmap") {
+      VIRTIOFS_RETURN_IF_ERROR(virtiofs::ValidateXattrMap(v));
+      c->passthrough.xattrmap = std::string(v);
+      return absl::OkStatus();
+    }
     if (key == "vhost_user_socket") return SetNonEmpty(flag, v, &c->socket_path);
     if (key == "timeout") {
       double t = 0;
@@ -166,7 +170,8 @@ po::options_description Describe() {
       ("xattr", "serve extended attributes")
       ("posix-acl", "serve POSIX ACLs (implies --xattr)")
       ("security-label", "store the security label the guest sends with new files")
-      ("xattrmap", str(), "extended attribute name mapping (not supported yet: refused)")
+      ("xattrmap", str(), "extended attribute name mapping rules, as virtiofsd's "
+                          "(implies --xattr), e.g. :map::user.virtiofs.:")
       ("killpriv-v2", "FUSE_HANDLE_KILLPRIV_V2: clear setuid/setgid on write, "
                       "truncate and chown here (default)")
       ("no-killpriv-v2", "leave setuid/setgid clearing to the guest")
@@ -249,7 +254,8 @@ absl::Status Apply(const std::string& key, const std::string& v, Config* c) {
   } else if (key == "security-label") {
     p.security_label = true;
   } else if (key == "xattrmap") {
-    return absl::InvalidArgumentError("--xattrmap: not supported yet");
+    VIRTIOFS_RETURN_IF_ERROR(virtiofs::ValidateXattrMap(v));
+    p.xattrmap = v;
   } else if (key == "killpriv-v2") {
     p.killpriv_v2 = true;
   } else if (key == "no-killpriv-v2") {
@@ -386,7 +392,7 @@ absl::StatusOr<Config> ParseCommandLine(int argc, const char* const* argv,
   if (c.fd >= 0 && !c.socket_group.empty()) {
     return absl::InvalidArgumentError("--socket-group needs --socket-path (not --fd)");
   }
-  if (p.posix_acl) p.xattr = true;
+  if (p.posix_acl || !p.xattrmap.empty()) p.xattr = true;
   // As virtiofsd: with nothing cached, READDIRPLUS's attributes would be
   // thrown away at once.
   if (p.cache == PassthroughOptions::Cache::kNever) p.readdirplus = false;

@@ -371,6 +371,82 @@ TEST_CASE("xattrs on files and directories match the host") {
   CHECK(e.RemoveXattr(999999, "user.x") == -EBADF);
 }
 
+TEST_CASE("xattrmap: rules are checked") {
+  CHECK(ValidateXattrMap(":map::user.virtiofs.:").ok());
+  CHECK(ValidateXattrMap(":prefix:all::user.virtiofs.::bad:all:::").ok());
+  CHECK(ValidateXattrMap("/prefix/all/trusted./user.virtiofs./\n /bad/server//trusted./\n"
+                         " /bad/client/user.virtiofs.//\n /ok/all///").ok());
+  CHECK(ValidateXattrMap(" :ok:client:user.:: :ok:server::user.: :bad:all::: ").ok());
+  // Names left unmatched on either side, bad syntax.
+  CHECK_FALSE(ValidateXattrMap(":ok:client:user.::").ok());
+  CHECK_FALSE(ValidateXattrMap(":ok:client:::").ok());  // No server catch-all.
+  CHECK_FALSE(ValidateXattrMap(":ok:all::").ok());
+  CHECK_FALSE(ValidateXattrMap(":rename:all:::").ok());
+  CHECK_FALSE(ValidateXattrMap(":ok:both:::").ok());
+  CHECK_FALSE(ValidateXattrMap(":map:::").ok());  // Nothing to prepend.
+  CHECK_FALSE(ValidateXattrMap(":map::a.: :ok:all:::").ok());  // map must be last.
+  PassthroughOptions o;
+  o.root = "/tmp";
+  o.xattrmap = ":ok:client:::";
+  CHECK(absl::IsInvalidArgument(PassthroughBackend::Create(o).status()));
+}
+
+TEST_CASE("xattrmap: guest names are prefixed on the host, host names hidden or stripped") {
+  if (geteuid() != 0) {
+    WARN("not root: trusted.* xattrs need CAP_SYS_ADMIN; skipped");
+    return;
+  }
+  PassthroughOptions o;
+  o.xattr = true;
+  // Example 2 of virtiofsd's documentation: trusted.* lives in
+  // user.virtiofs.trusted.* on the host, the rest passes.
+  o.xattrmap = "/map/trusted./user.virtiofs./";
+  Env e(o);
+  if (!HostHasUserXattrs(e.dir.path)) {
+    WARN("the host file system has no user xattrs; skipped");
+    return;
+  }
+  WriteFile(e.dir / "f", "x");
+  const uint64_t f = e.Lookup(FUSE_ROOT_ID, "f");
+  REQUIRE(e.SetXattr(f, "trusted.overlay", "o") == 0);
+  CHECK(HostGetXattr(e.dir / "f", "user.virtiofs.trusted.overlay") == "o");
+  CHECK(HostGetXattr(e.dir / "f", "trusted.overlay") ==
+        "<errno " + std::to_string(ENODATA) + ">");
+  CHECK(e.GetXattrValue(f, "trusted.overlay") == "o");
+  REQUIRE(e.SetXattr(f, "user.plain", "p") == 0);
+  CHECK(HostGetXattr(e.dir / "f", "user.plain") == "p");
+  // The guest may not reach the prefixed names directly (EPERM)...
+  CHECK(e.SetXattr(f, "user.virtiofs.trusted.overlay", "forged") == -EPERM);
+  CHECK(e.GetXattr(f, "user.virtiofs.trusted.overlay", 0).error() == -EPERM);
+  CHECK(e.RemoveXattr(f, "user.virtiofs.x") == -EPERM);
+  // ...and the host's own trusted.* names are hidden from its listing.
+  REQUIRE(setxattr((e.dir / "f").c_str(), "trusted.host", "h", 1, 0) == 0);
+  CHECK(e.ListXattrNames(f) == std::vector<std::string>{"trusted.overlay", "user.plain"});
+  CHECK(e.RemoveXattr(f, "trusted.overlay") == 0);
+  CHECK(HostGetXattr(e.dir / "f", "user.virtiofs.trusted.overlay") ==
+        "<errno " + std::to_string(ENODATA) + ">");
+  CHECK(e.ListXattrNames(f) == std::vector<std::string>{"user.plain"});
+}
+
+TEST_CASE("xattrmap: unsupported and bad rules refuse, ok passes") {
+  PassthroughOptions o;
+  o.xattr = true;
+  o.xattrmap = ":unsupported:all:security.:security.: :bad:client:trusted.:: :ok:all:::";
+  Env e(o);
+  if (!HostHasUserXattrs(e.dir.path)) {
+    WARN("the host file system has no user xattrs; skipped");
+    return;
+  }
+  WriteFile(e.dir / "f", "x");
+  const uint64_t f = e.Lookup(FUSE_ROOT_ID, "f");
+  CHECK(e.SetXattr(f, "security.selinux", "x") == -ENOTSUP);
+  CHECK(e.GetXattr(f, "security.selinux", 0).error() == -ENOTSUP);
+  CHECK(e.SetXattr(f, "trusted.x", "x") == -EPERM);
+  CHECK(e.SetXattr(f, "user.ok", "v") == 0);
+  CHECK(HostGetXattr(e.dir / "f", "user.ok") == "v");
+  CHECK(e.ListXattrNames(f) == std::vector<std::string>{"user.ok"});
+}
+
 TEST_CASE("xattrs of symlinks and special files are the node's own") {
   if (!IsRoot()) {
     WARN("not root: trusted.* xattrs need CAP_SYS_ADMIN; skipped");

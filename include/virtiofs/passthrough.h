@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
 #include "virtiofs/backend.h"
@@ -49,6 +50,9 @@ struct PassthroughOptions {
   bool xattr = true;              // Extended attributes (else ENOSYS).
   bool posix_acl = false;         // FUSE_POSIX_ACL (needs xattr).
   bool security_label = false;    // FUSE_SECURITY_CTX.
+  // Extended attribute name mapping (virtiofsd's --xattrmap syntax, see
+  // ValidateXattrMap); empty: names pass unchanged.
+  std::string xattrmap;
   bool killpriv_v2 = true;        // FUSE_HANDLE_KILLPRIV_V2.
   bool announce_submounts = false;  // FUSE_SUBMOUNTS and FUSE_ATTR_SUBMOUNT.
   bool allow_direct_io = false;   // Keep O_DIRECT from the guest.
@@ -68,6 +72,16 @@ struct PassthroughOptions {
   // library user who manages credentials itself can turn this off.
   bool drop_supplementary_groups = true;
 };
+
+// Checks an xattr mapping (virtiofsd's --xattrmap): rules
+// `<sep>type<sep>scope<sep>key<sep>prepend<sep>` with type prefix | ok | bad |
+// unsupported and scope client | server | all, or a final
+// `<sep>map<sep>key<sep>prepend<sep>`. The first matching rule decides;
+// guest names matching `key` are refused (bad: EPERM, unsupported: ENOTSUP),
+// passed (ok) or prefixed with `prepend` (prefix); host names in listings
+// matching `prepend` are hidden, passed or stripped of it. Fails when the
+// rules leave a name unmatched or do not parse.
+absl::Status ValidateXattrMap(std::string_view spec);
 
 class PassthroughBackend : public Backend {
  public:

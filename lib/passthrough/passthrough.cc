@@ -141,6 +141,10 @@ void PassthroughFs::ReadDir(const RequestContext& ctx, uint64_t, uint64_t handle
 
 }  // namespace passthrough
 
+absl::Status ValidateXattrMap(std::string_view spec) {
+  return passthrough_internal::XattrMap::Parse(spec).status();
+}
+
 absl::StatusOr<std::unique_ptr<PassthroughBackend>> PassthroughBackend::Create(
     PassthroughOptions options) {
   UniqueFd root(open(options.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
@@ -157,7 +161,14 @@ absl::StatusOr<std::unique_ptr<PassthroughBackend>> PassthroughBackend::Create(
       return absl::ErrnoToStatus(e, "drop supplementary groups");
     }
   }
+  std::optional<passthrough_internal::XattrMap> xattr_map;
+  if (!options.xattrmap.empty()) {
+    auto m = passthrough_internal::XattrMap::Parse(options.xattrmap);
+    if (!m.ok()) return m.status();
+    xattr_map = *std::move(m);
+  }
   auto fs = std::make_unique<passthrough::PassthroughFs>(std::move(options), std::move(proc));
+  fs->set_xattr_map(std::move(xattr_map));
   if (absl::Status s = fs->Init(std::move(root)); !s.ok()) return s;
   return std::unique_ptr<PassthroughBackend>(std::move(fs));
 }

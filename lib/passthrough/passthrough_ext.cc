@@ -451,15 +451,18 @@ void PassthroughFs::SetXattr(const RequestContext& ctx, uint64_t node, std::stri
   if (options_.readonly) return reply.Error(EROFS);
   auto inode = inodes_.Get(node);
   if (!inode) return reply.Error(EBADF);
+  std::string n(name);
+  if (xattr_map_) {
+    if (int e = xattr_map_->ToHost(name, &n); e != 0) return reply.Error(e);
+  }
   XattrTarget t;
   if (int e = OpenXattrTarget(proc_fd_.get(), *inode, &t); e != 0) return reply.Error(e);
-  const std::string n(name);
   {
     CallerCreds creds(as_root_, ctx);
     if (int e = creds.error(); e != 0) return reply.Error(e);
     if (t.Set(n.c_str(), value, static_cast<int>(flags)) != 0) return reply.Error(Errno());
   }
-  if ((setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID) && n == "system.posix_acl_access") {
+  if ((setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID) && name == "system.posix_acl_access") {
     KillSgidAfterAcl(proc_fd_.get(), ctx, *inode);
   }
   reply.Ok();
@@ -470,9 +473,12 @@ void PassthroughFs::GetXattr(const RequestContext& ctx, uint64_t node, std::stri
   if (!options_.xattr) return reply.Error(ENOSYS);
   auto inode = inodes_.Get(node);
   if (!inode) return reply.Error(EBADF);
+  std::string n(name);
+  if (xattr_map_) {
+    if (int e = xattr_map_->ToHost(name, &n); e != 0) return reply.Error(e);
+  }
   XattrTarget t;
   if (int e = OpenXattrTarget(proc_fd_.get(), *inode, &t); e != 0) return reply.Error(e);
-  const std::string n(name);
   std::string value;
   CallerCreds creds(as_root_, ctx);
   if (int e = creds.error(); e != 0) return reply.Error(e);
@@ -493,6 +499,7 @@ void PassthroughFs::ListXattr(const RequestContext& ctx, uint64_t node,
   if (int e = creds.error(); e != 0) return reply.Error(e);
   auto list = [&](char* buf, size_t size) { return t.List(buf, size); };
   if (int e = ReadWhole(list, &names); e != 0) return reply.Error(e);
+  if (xattr_map_) names = xattr_map_->ListToGuest(names);
   reply.Ok(names);
 }
 
@@ -502,9 +509,12 @@ void PassthroughFs::RemoveXattr(const RequestContext& ctx, uint64_t node, std::s
   if (options_.readonly) return reply.Error(EROFS);
   auto inode = inodes_.Get(node);
   if (!inode) return reply.Error(EBADF);
+  std::string n(name);
+  if (xattr_map_) {
+    if (int e = xattr_map_->ToHost(name, &n); e != 0) return reply.Error(e);
+  }
   XattrTarget t;
   if (int e = OpenXattrTarget(proc_fd_.get(), *inode, &t); e != 0) return reply.Error(e);
-  const std::string n(name);
   CallerCreds creds(as_root_, ctx);
   if (int e = creds.error(); e != 0) return reply.Error(e);
   if (t.Remove(n.c_str()) != 0) return reply.Error(Errno());

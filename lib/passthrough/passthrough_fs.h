@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_format.h"
@@ -21,6 +22,7 @@
 #include "lib/io/engines.h"
 #include "lib/passthrough/credentials.h"
 #include "lib/passthrough/inode_table.h"
+#include "lib/passthrough/xattr_map.h"
 #include "virtiofs/log.h"
 #include "virtiofs/passthrough.h"
 
@@ -64,6 +66,8 @@ class PassthroughFs final : public PassthroughBackend {
  public:
   PassthroughFs(PassthroughOptions options, UniqueFd proc_fd)
       : options_(std::move(options)), proc_fd_(std::move(proc_fd)), as_root_(geteuid() == 0) {}
+
+  void set_xattr_map(std::optional<passthrough_internal::XattrMap> m) { xattr_map_ = std::move(m); }
 
   absl::Status Init(UniqueFd root_fd) {
     struct statx x;
@@ -568,9 +572,13 @@ class PassthroughFs final : public PassthroughBackend {
     auto node = inodes_.Get(e.node_id);
     if (!node) return EIO;
     const std::string path = "/proc/self/fd/" + std::to_string(node->fd.get());
-    const auto& [xattr, value] = *ctx.security_context;
-    if (setxattr(path.c_str(), xattr.c_str(), value.data(), value.size(), 0) == 0) return 0;
-    const int err = Errno();
+    const auto& [guest_name, value] = *ctx.security_context;
+    std::string xattr = guest_name;
+    int err = xattr_map_ ? xattr_map_->ToHost(guest_name, &xattr) : 0;
+    if (err == 0) {
+      if (setxattr(path.c_str(), xattr.c_str(), value.data(), value.size(), 0) == 0) return 0;
+      err = Errno();
+    }
     const std::string n(name);
     (void)unlinkat(dir.fd.get(), n.c_str(), node->type == S_IFDIR ? AT_REMOVEDIR : 0);
     inodes_.Forget(e.node_id, 1);
@@ -625,6 +633,7 @@ class PassthroughFs final : public PassthroughBackend {
   }
 
   PassthroughOptions options_;
+  std::optional<passthrough_internal::XattrMap> xattr_map_;  // --xattrmap
   UniqueFd proc_fd_;  // O_PATH of /proc/self/fd.
   const bool as_root_;
   std::shared_ptr<Inode> root_;
