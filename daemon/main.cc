@@ -356,11 +356,13 @@ int main(int argc, char** argv) {
     }
   });
   absl::Status result = (*server)->Run();
-  if (result.ok() && !c.reconnect) {
-    VIRTIOFS_LOG(kInfo, "front-end disconnected: exiting (--reconnect keeps serving)");
-  }
   // Run ended alone (the front-end left): wake the signal thread to end it.
-  if (!signalled.exchange(true)) pthread_kill(signal_thread.native_handle(), SIGTERM);
+  if (!signalled.exchange(true)) {
+    if (result.ok()) {
+      VIRTIOFS_LOG(kInfo, "front-end disconnected: exiting (--reconnect keeps serving)");
+    }
+    pthread_kill(signal_thread.native_handle(), SIGTERM);
+  }
   signal_thread.join();
   stats.reset();
   if (!result.ok()) return Fail(result.message());
