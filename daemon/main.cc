@@ -1,9 +1,8 @@
 // virtiofsd: serves a host directory to a virtual machine over vhost-user.
 //
 // This is the first part of the drop-in virtiofsd (see issue "The daemon"):
-// the options below work; virtiofsd's others (sandboxing, seccomp, id
-// mapping, the legacy -o form, ...) are refused with a message until they
-// exist, never silently ignored.
+// the options below work; virtiofsd's others (the legacy -o form, ...) are
+// refused with a message until they exist, never silently ignored.
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -17,7 +16,10 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
+#include "daemon/lockdown.h"
 #include "virtiofs/log.h"
 #include "virtiofs/passthrough.h"
 #include "virtiofs/server.h"
@@ -51,6 +53,8 @@ void PrintQemuLine(const std::string& socket, const std::string& tag, uint32_t q
 
 int main(int argc, char** argv) {
   std::string shared_dir, socket_path, tag, cache, io_engine, log_level;
+  std::string sandbox, seccomp, modcaps;
+  std::vector<std::string> uid_maps, gid_maps;
   int fd = -1;
   uint32_t queues = 0;
   po::options_description opts("Options");
@@ -77,7 +81,16 @@ int main(int argc, char** argv) {
        "accepted for virtiofsd compatibility (libvirt, Kata): requests run on one worker per "
        "queue with io_uring, there is no pool to size")
       ("rlimit-nofile", po::value<uint64_t>(),
-       "set the open file limit (default: raise the soft limit to the hard one)")
+       "set the open file limit (default: raise it to 1,000,000 where permitted, else to the "
+       "hard limit; 0: leave it)")
+      ("sandbox", po::value(&sandbox)->default_value("namespace"),
+       "namespace (pivot_root into the shared dir in new mount/pid/net namespaces, plus a user "
+       "namespace when not root) | chroot | none")
+      ("seccomp", po::value(&seccomp)->default_value("kill"),
+       "action on a system call outside the allow-list: kill | log | trap | none")
+      ("modcaps", po::value(&modcaps), "adjust the capabilities kept, e.g. +sys_admin:-mknod")
+      ("uid-map", po::value(&uid_maps), ":inside:outside:count: (namespace sandbox, not root)")
+      ("gid-map", po::value(&gid_maps), ":inside:outside:count: (namespace sandbox, not root)")
       ("log-level", po::value(&log_level)->default_value("info"),
        "error | warn | info | debug | trace");
   po::variables_map vm;
@@ -134,26 +147,73 @@ int main(int argc, char** argv) {
   popt.posix_acl = vm.count("posix-acl") > 0;
   popt.xattr = vm.count("xattr") > 0 || popt.posix_acl;
 
+  // Lockdown (daemon/lockdown.h): configuration checked before anything is
+  // bound, so that a refusal is one line and nothing was listening.
+  virtiofsd::LockdownConfig lock;
+  lock.shared_dir = shared_dir;
+  lock.modcaps = modcaps;
+  lock.file_handles = popt.inode_file_handles != PassthroughOptions::FileHandles::kNever;
+  lock.socket_path = socket_path;
+  {
+    auto sb = virtiofsd::ParseSandboxKind(sandbox);
+    if (!sb.ok()) return Fail(std::string(sb.status().message()));
+    lock.sandbox = *sb;
+    auto sc = virtiofsd::ParseSeccompAction(seccomp);
+    if (!sc.ok()) return Fail(std::string(sc.status().message()));
+    lock.seccomp = *sc;
+    for (auto [maps, out] : {std::pair{&uid_maps, &lock.uid_map}, {&gid_maps, &lock.gid_map}}) {
+      for (const std::string& m : *maps) {
+        auto map = virtiofsd::ParseIdMap(m);
+        if (!map.ok()) return Fail(std::string(map.status().message()));
+        out->push_back(*map);
+      }
+    }
+  }
+  if (absl::Status s = virtiofsd::CheckLockdownConfig(lock); !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
   // Modes from the guest are exact (its umask is applied by it or by the
   // backend); the queue workers also set a umask of 0 of their own.
   umask(0);
-  // Every inode the guest knows holds an fd: raise the limit as virtiofsd does.
-  rlimit nofile{};
-  getrlimit(RLIMIT_NOFILE, &nofile);
-  if (vm.count("rlimit-nofile")) {
-    nofile.rlim_cur = nofile.rlim_max = vm["rlimit-nofile"].as<uint64_t>();
-  } else {
-    nofile.rlim_cur = nofile.rlim_max;
+  {
+    std::optional<uint64_t> nofile;
+    if (vm.count("rlimit-nofile")) nofile = vm["rlimit-nofile"].as<uint64_t>();
+    auto limit = virtiofsd::SetupRlimitNofile(nofile, lock.file_handles);
+    if (!limit.ok()) return Fail(std::string(limit.status().message()));
   }
-  if (setrlimit(RLIMIT_NOFILE, &nofile) != 0) {
-    return Fail("--rlimit-nofile: " + std::string(strerror(errno)));
+  // The socket path is usually outside the shared directory: bound before
+  // the sandbox hides it.
+  if (fd < 0) {
+    auto bound = VhostUserServer::BindListeningSocket(socket_path);
+    if (!bound.ok()) return Fail(std::string(bound.status().message()));
+    fd = bound->release();
   }
+  lock.listen_fd = fd;
+  // Forks in namespace and chroot modes: only the sandboxed child returns.
+  auto sandboxed = virtiofsd::EnterSandbox(lock);
+  if (!sandboxed.ok()) {
+    if (lock.sandbox == virtiofsd::SandboxKind::kNone && !socket_path.empty()) {
+      unlink(socket_path.c_str());
+    }
+    return Fail("sandbox: " + std::string(sandboxed.status().message()));
+  }
+  popt.root = sandboxed->root;
+  popt.proc_self_fd = sandboxed->proc_self_fd.get();
   if (vm.count("thread-pool-size")) {
     VIRTIOFS_LOG(kDebug, "--thread-pool-size {} ignored: one worker per queue",
                  vm["thread-pool-size"].as<int>());
   }
   auto backend = PassthroughBackend::Create(popt);
   if (!backend.ok()) return Fail(std::string(backend.status().message()));
+  sandboxed->proc_self_fd.reset();  // The backend holds its own.
+  // Capabilities before seccomp (capset is not allowed after it); both
+  // before any thread.
+  if (absl::Status s = virtiofsd::DropCapabilities(lock); !s.ok()) {
+    return Fail("capabilities: " + std::string(s.message()));
+  }
+  if (absl::Status s = virtiofsd::InstallSeccomp(lock.seccomp); !s.ok()) {
+    return Fail("seccomp: " + std::string(s.message()));
+  }
   VirtioFsDeviceOptions dopt;
   dopt.tag = tag;
   dopt.num_request_queues = queues;
@@ -171,10 +231,16 @@ int main(int argc, char** argv) {
 
   ServerOptions sopt;
   sopt.keep_serving = true;
-  auto server = fd >= 0 ? VhostUserServer::FromListeningFd(UniqueFd(fd), device->get(), sopt)
-                        : VhostUserServer::Listen(socket_path, device->get(), sopt);
+  auto server = VhostUserServer::FromListeningFd(UniqueFd(fd), device->get(), sopt);
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  if (fd < 0) PrintQemuLine(socket_path, tag, queues);
+  // Without a sandbox there is no supervisor to remove the socket path.
+  struct RemovePath {
+    std::string path;
+    ~RemovePath() {
+      if (!path.empty()) unlink(path.c_str());
+    }
+  } remove_socket{lock.sandbox == virtiofsd::SandboxKind::kNone ? socket_path : ""};
+  if (!socket_path.empty()) PrintQemuLine(socket_path, tag, queues);
 
   std::thread signals([&] {
     int sig = 0;

@@ -36,6 +36,33 @@ using testing::FuseReply;
 using testing::GuestRam;
 namespace fs = std::filesystem;
 
+// VIRTIOFSD_ARGS, split at spaces.
+std::vector<std::string> ExtraArgs() {
+  std::vector<std::string> out;
+  const char* env = std::getenv("VIRTIOFSD_ARGS");
+  std::string cur;
+  for (const char* p = env ? env : ""; ; ++p) {
+    if (*p == ' ' || *p == '\0') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+      if (*p == '\0') break;
+    } else {
+      cur += *p;
+    }
+  }
+  return out;
+}
+
+// The value of `--flag V` or `--flag=V` among the extra flags, or `def`.
+std::string ExtraArg(const std::string& flag, const std::string& def) {
+  auto args = ExtraArgs();
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == flag && i + 1 < args.size()) return args[i + 1];
+    if (args[i].rfind(flag + "=", 0) == 0) return args[i].substr(flag.size() + 1);
+  }
+  return def;
+}
+
 // The daemon under test, always reaped (SIGKILL if it lingers).
 class Daemon {
  public:
@@ -44,6 +71,8 @@ class Daemon {
     REQUIRE(bin != nullptr);
     std::vector<std::string> args = {bin,    "--shared-dir", share,  "--socket-path",
                                      socket, "--log-level",  "debug"};
+    // Extra flags (meson runs this suite once per sandbox mode).
+    for (const std::string& a : ExtraArgs()) args.push_back(a);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -213,6 +242,71 @@ TEST_CASE("SIGTERM during a stream of writes: acknowledged fsync'd data is on th
   REQUIRE(::stat((s.share + "/stream").c_str(), &st) == 0);
   CHECK(static_cast<uint64_t>(st.st_size) >= acknowledged);
   CHECK_FALSE(fs::exists(s.dir + "/sock"));  // The daemon removed its socket.
+}
+
+// The process that serves: the supervisor's child in the namespace and
+// chroot sandboxes, the daemon itself without one.
+pid_t ServingPid(pid_t daemon) {
+  std::ifstream children("/proc/" + std::to_string(daemon) + "/task/" + std::to_string(daemon) +
+                         "/children");
+  pid_t child = 0;
+  if (children >> child) return child;
+  return daemon;
+}
+
+// "Key:\tvalue" of /proc/PID/status.
+std::string StatusField(pid_t pid, const std::string& key) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind(key + ":", 0) == 0) {
+      auto v = line.substr(key.size() + 1);
+      v.erase(0, v.find_first_not_of(" \t"));
+      return v;
+    }
+  }
+  return "";
+}
+
+TEST_CASE("the serving process is locked down as its flags say") {
+  Session s;  // Serving: the lockdown is complete.
+  const std::string sandbox = ExtraArg("--sandbox", "namespace");
+  const std::string seccomp = ExtraArg("--seccomp", "kill");
+  const pid_t pid = ServingPid(s.daemon->pid());
+  INFO("sandbox " << sandbox << ", seccomp " << seccomp << ", serving pid " << pid);
+  if (sandbox == "none") {
+    CHECK(pid == s.daemon->pid());
+  } else {
+    REQUIRE(pid != s.daemon->pid());
+  }
+  // Capabilities: chown, dac_override, fowner, fsetid, setgid, setuid,
+  // mknod, setfcap (bits 0 1 3 4 6 7 27 31), nothing else, in every mode.
+  CHECK(StatusField(pid, "CapEff") == "00000000880000db");
+  CHECK(StatusField(pid, "CapPrm") == "00000000880000db");
+  CHECK(StatusField(pid, "CapBnd") == "00000000880000db");
+  CHECK(StatusField(pid, "CapInh") == "0000000000000000");
+  CHECK(StatusField(pid, "CapAmb") == "0000000000000000");
+  // seccomp: mode 2 (filter) and one filter, unless --seccomp none.
+  CHECK(StatusField(pid, "Seccomp") == (seccomp == "none" ? "0" : "2"));
+  // The root directory: the shared directory in both sandboxes.
+  struct stat root, share, ours_net, its_net;
+  REQUIRE(::stat(("/proc/" + std::to_string(pid) + "/root/.").c_str(), &root) == 0);
+  REQUIRE(::stat(s.share.c_str(), &share) == 0);
+  const bool in_share = root.st_dev == share.st_dev && root.st_ino == share.st_ino;
+  CHECK(in_share == (sandbox != "none"));
+  // Namespaces: pid 1 of a new pid namespace, and a net namespace of its own.
+  const std::string nspid = StatusField(pid, "NSpid");
+  REQUIRE(::stat("/proc/self/ns/net", &ours_net) == 0);
+  REQUIRE(::stat(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), &its_net) == 0);
+  if (sandbox == "namespace") {
+    CHECK(nspid == std::to_string(pid) + "\t1");
+    CHECK(its_net.st_ino != ours_net.st_ino);
+  } else {
+    CHECK(nspid == std::to_string(pid));
+    CHECK(its_net.st_ino == ours_net.st_ino);
+  }
+  // And it still serves.
+  auto r = s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "."));
+  CHECK(r.error() == 0);
 }
 
 }  // namespace

@@ -34,6 +34,10 @@ class VhostUserServer {
   static absl::StatusOr<std::unique_ptr<VhostUserServer>> Listen(const std::string& path,
                                                                   VhostUserDevice* device,
                                                                   ServerOptions options = {});
+  // Binds and listens on `path` as Listen does (same stale-socket rules),
+  // without serving: for a daemon that must bind before entering a sandbox
+  // from which the path is out of reach. The caller removes the path.
+  static absl::StatusOr<UniqueFd> BindListeningSocket(const std::string& path);
   // Serves on an inherited listening socket.
   static absl::StatusOr<std::unique_ptr<VhostUserServer>> FromListeningFd(
       UniqueFd fd, VhostUserDevice* device, ServerOptions options = {});

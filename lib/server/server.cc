@@ -133,8 +133,7 @@ VhostUserServer::~VhostUserServer() {
   if (impl_->owns_path) unlink(impl_->path.c_str());
 }
 
-absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Listen(
-    const std::string& path, VhostUserDevice* device, ServerOptions options) {
+absl::StatusOr<UniqueFd> VhostUserServer::BindListeningSocket(const std::string& path) {
   sockaddr_un addr{};
   if (path.empty() || path.size() >= sizeof addr.sun_path) {
     return absl::InvalidArgumentError(
@@ -161,8 +160,19 @@ absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Listen(
   if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     return absl::ErrnoToStatus(errno, absl::StrFormat("bind '%s'", path));
   }
-  if (listen(fd.get(), 1) != 0) return absl::ErrnoToStatus(errno, "listen");
-  auto server = FromListeningFd(std::move(fd), device, options);
+  if (listen(fd.get(), 1) != 0) {
+    const int e = errno;
+    unlink(path.c_str());
+    return absl::ErrnoToStatus(e, "listen");
+  }
+  return fd;
+}
+
+absl::StatusOr<std::unique_ptr<VhostUserServer>> VhostUserServer::Listen(
+    const std::string& path, VhostUserDevice* device, ServerOptions options) {
+  auto fd = BindListeningSocket(path);
+  if (!fd.ok()) return fd.status();
+  auto server = FromListeningFd(*std::move(fd), device, options);
   if (!server.ok()) {
     unlink(path.c_str());
     return server.status();
