@@ -38,9 +38,7 @@ using virtiofs::UniqueFd;
 
 namespace {
 
-absl::Status Errno(absl::string_view what) {
-  return absl::ErrnoToStatus(errno, what);
-}
+absl::Status Errno(absl::string_view what) { return absl::ErrnoToStatus(errno, what); }
 
 // What the passthrough does as root on behalf of guest users: chown and
 // setgid bits (chown, fsetid, setgid), any permission (dac_override, as the
@@ -149,8 +147,8 @@ absl::Status RunIdMapHelper(const char* helper, pid_t pid, const std::vector<IdM
   while (waitpid(p, &status, 0) < 0 && errno == EINTR) {
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 127) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "--uid-map/--gid-map need ", helper, " (Debian package uidmap) when not root"));
+    return absl::FailedPreconditionError(absl::StrCat("--uid-map/--gid-map need ", helper,
+                                                      " (Debian package uidmap) when not root"));
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     return absl::PermissionDeniedError(
@@ -278,8 +276,9 @@ absl::Status ProbeNamespaces() {
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return absl::OkStatus();
   const int e = WIFEXITED(status) ? WEXITSTATUS(status) : EPERM;
   return absl::ErrnoToStatus(
-      e, "--sandbox=namespace: cannot create mount, pid and net namespaces here (a container "
-         "without CAP_SYS_ADMIN?); use --sandbox=chroot or --sandbox=none");
+      e,
+      "--sandbox=namespace: cannot create mount, pid and net namespaces here (a container "
+      "without CAP_SYS_ADMIN?); use --sandbox=chroot or --sandbox=none");
 }
 
 // ---- seccomp ---------------------------------------------------------------
@@ -351,8 +350,7 @@ absl::StatusOr<IdMap> ParseIdMap(absl::string_view s) {
   return IdMap{v[0], v[1], v[2]};
 }
 
-absl::StatusOr<std::vector<int>> ComputeCapabilities(bool file_handles,
-                                                     absl::string_view modcaps) {
+absl::StatusOr<std::vector<int>> ComputeCapabilities(bool file_handles, absl::string_view modcaps) {
   std::vector<int> caps(std::begin(kPassthroughCaps), std::end(kPassthroughCaps));
   if (file_handles) caps.push_back(CAP_DAC_READ_SEARCH);
   if (!modcaps.empty()) {
@@ -403,8 +401,7 @@ absl::Status CheckLockdownConfig(const LockdownConfig& config) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<uint64_t> SetupRlimitNofile(std::optional<uint64_t> requested,
-                                           bool file_handles) {
+absl::StatusOr<uint64_t> SetupRlimitNofile(std::optional<uint64_t> requested, bool file_handles) {
   rlimit now{};
   if (getrlimit(RLIMIT_NOFILE, &now) != 0) return Errno("getrlimit(RLIMIT_NOFILE)");
   uint64_t nr_open = kDefaultNofile;
@@ -437,8 +434,8 @@ absl::StatusOr<uint64_t> SetupRlimitNofile(std::optional<uint64_t> requested,
   rlimit want{target, target};
   if (setrlimit(RLIMIT_NOFILE, &want) == 0) return warn_if_low(target);
   if (requested) {
-    return Errno(absl::StrFormat("--rlimit-nofile=%u (the hard limit is %u)", target,
-                                 now.rlim_max));
+    return Errno(
+        absl::StrFormat("--rlimit-nofile=%u (the hard limit is %u)", target, now.rlim_max));
   }
   VIRTIOFS_LOG(kWarning,
                "cannot raise the open file limit to {} ({}); using the hard limit {} instead",
@@ -461,7 +458,19 @@ absl::StatusOr<Sandbox> EnterSandbox(const LockdownConfig& config) {
   }
   Sandbox sb;
   sb.root = config.shared_dir;
+  if (!config.socket_path.empty()) sb.socket_remover = SocketPathRemover(config.socket_path);
   return sb;
+}
+
+SocketPathRemover::SocketPathRemover(const std::string& path) {
+  const size_t slash = path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+  name_ = slash == std::string::npos ? path : path.substr(slash + 1);
+  dir_.reset(open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+}
+
+SocketPathRemover::~SocketPathRemover() {
+  if (dir_.valid() && !name_.empty()) unlinkat(dir_.get(), name_.c_str(), 0);
 }
 
 absl::Status DropCapabilities(const LockdownConfig& config) {
@@ -495,37 +504,150 @@ const std::vector<const char*>& SeccompAllowList() {
   static const std::vector<const char*> kList = {
       // Memory: the allocator, guest memory regions (mmap of the front-end's
       // fds), thread stacks.
-      "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "membarrier",
+      "brk",
+      "mmap",
+      "munmap",
+      "mremap",
+      "mprotect",
+      "madvise",
+      "membarrier",
       // Threads (std::thread, glibc), futexes, scheduling.
-      "clone", "clone3", "set_robust_list", "rseq", "set_tid_address", "futex", "futex_waitv",
-      "exit", "exit_group", "gettid", "getpid", "getppid", "sched_yield", "sched_getaffinity",
-      "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres", "gettimeofday", "prctl",
-      "getrandom", "tgkill", "tkill", "restart_syscall",
+      "clone",
+      "clone3",
+      "set_robust_list",
+      "rseq",
+      "set_tid_address",
+      "futex",
+      "futex_waitv",
+      "exit",
+      "exit_group",
+      "gettid",
+      "getpid",
+      "getppid",
+      "sched_yield",
+      "sched_getaffinity",
+      "nanosleep",
+      "clock_nanosleep",
+      "clock_gettime",
+      "clock_getres",
+      "gettimeofday",
+      "prctl",
+      "getrandom",
+      "tgkill",
+      "tkill",
+      "restart_syscall",
       // Signals: the stop-signal thread (sigwait), glibc's setxid broadcast.
-      "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "rt_sigtimedwait", "sigaltstack",
+      "rt_sigaction",
+      "rt_sigprocmask",
+      "rt_sigreturn",
+      "rt_sigtimedwait",
+      "sigaltstack",
       // Boost.Asio: epoll, eventfd, timerfd, the vhost-user socket with fds.
-      "epoll_create1", "epoll_ctl", "epoll_wait", "epoll_pwait", "epoll_pwait2", "eventfd2",
-      "timerfd_create", "timerfd_settime", "timerfd_gettime", "accept", "accept4", "recvmsg",
-      "sendmsg", "recvfrom", "sendto", "shutdown", "getsockopt", "setsockopt", "getsockname",
-      "poll", "ppoll", "pipe2",
+      "epoll_create1",
+      "epoll_ctl",
+      "epoll_wait",
+      "epoll_pwait",
+      "epoll_pwait2",
+      "eventfd2",
+      "timerfd_create",
+      "timerfd_settime",
+      "timerfd_gettime",
+      "accept",
+      "accept4",
+      "recvmsg",
+      "sendmsg",
+      "recvfrom",
+      "sendto",
+      "shutdown",
+      "getsockopt",
+      "setsockopt",
+      "getsockname",
+      "poll",
+      "ppoll",
+      "pipe2",
       // io_uring (its rings are restricted to readv/writev/fsync/fallocate).
-      "io_uring_setup", "io_uring_enter", "io_uring_register",
+      "io_uring_setup",
+      "io_uring_enter",
+      "io_uring_register",
       // The passthrough: fds, paths relative to them, data, metadata.
-      "openat", "openat2", "open_by_handle_at", "name_to_handle_at", "close", "close_range",
-      "dup", "dup3", "fcntl", "flock", "ioctl", "read", "write", "readv", "writev", "pread64",
-      "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "lseek", "copy_file_range",
-      "fallocate", "fsync", "fdatasync", "syncfs", "ftruncate", "fstat", "newfstatat", "statx",
-      "fstatfs", "statfs", "getdents64", "readlinkat", "mkdirat", "mknodat", "symlinkat",
-      "linkat", "unlinkat", "renameat", "renameat2", "faccessat", "faccessat2", "fchmod",
-      "fchmodat", "fchown", "fchownat", "utimensat", "umask", "fchdir",
+      "openat",
+      "openat2",
+      "open_by_handle_at",
+      "name_to_handle_at",
+      "close",
+      "close_range",
+      "dup",
+      "dup3",
+      "fcntl",
+      "flock",
+      "ioctl",
+      "read",
+      "write",
+      "readv",
+      "writev",
+      "pread64",
+      "pwrite64",
+      "preadv",
+      "pwritev",
+      "preadv2",
+      "pwritev2",
+      "lseek",
+      "copy_file_range",
+      "fallocate",
+      "fsync",
+      "fdatasync",
+      "syncfs",
+      "ftruncate",
+      "fstat",
+      "newfstatat",
+      "statx",
+      "fstatfs",
+      "statfs",
+      "getdents64",
+      "readlinkat",
+      "mkdirat",
+      "mknodat",
+      "symlinkat",
+      "linkat",
+      "unlinkat",
+      "renameat",
+      "renameat2",
+      "faccessat",
+      "faccessat2",
+      "fchmod",
+      "fchmodat",
+      "fchown",
+      "fchownat",
+      "utimensat",
+      "umask",
+      "fchdir",
       // Extended attributes (f* on fds, path forms for /proc/self/fd links).
-      "getxattr", "lgetxattr", "fgetxattr", "setxattr", "lsetxattr", "fsetxattr", "listxattr",
-      "llistxattr", "flistxattr", "removexattr", "lremovexattr", "fremovexattr",
+      "getxattr",
+      "lgetxattr",
+      "fgetxattr",
+      "setxattr",
+      "lsetxattr",
+      "fsetxattr",
+      "listxattr",
+      "llistxattr",
+      "flistxattr",
+      "removexattr",
+      "lremovexattr",
+      "fremovexattr",
       // Credentials of each request (fsuid/fsgid, supplementary group).
-      "setfsuid", "setfsgid", "setgroups", "getuid", "geteuid", "getgid", "getegid",
-      "setresuid", "setresgid", "capget",
+      "setfsuid",
+      "setfsgid",
+      "setgroups",
+      "getuid",
+      "geteuid",
+      "getgid",
+      "getegid",
+      "setresuid",
+      "setresgid",
+      "capget",
       // Logging, time zone and locale files at the first log line.
-      "uname", "getcwd",
+      "uname",
+      "getcwd",
   };
   return kList;
 }

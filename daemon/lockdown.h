@@ -100,8 +100,7 @@ absl::StatusOr<SeccompAction> ParseSeccompAction(absl::string_view s);
 absl::StatusOr<IdMap> ParseIdMap(absl::string_view s);
 // The capability numbers the daemon keeps: the passthrough's set, plus
 // dac_read_search with file handles, adjusted by `modcaps`.
-absl::StatusOr<std::vector<int>> ComputeCapabilities(bool file_handles,
-                                                     absl::string_view modcaps);
+absl::StatusOr<std::vector<int>> ComputeCapabilities(bool file_handles, absl::string_view modcaps);
 
 // What can be checked before anything happens: modcaps names, id maps only
 // where they are used, a shared directory that is a directory. One message
@@ -115,8 +114,23 @@ absl::Status CheckLockdownConfig(const LockdownConfig& config);
 // is not permitted (no CAP_SYS_RESOURCE). Logs a line recommending
 // --inode-file-handles when the resulting soft limit is low. Returns the
 // soft limit in effect.
-absl::StatusOr<uint64_t> SetupRlimitNofile(std::optional<uint64_t> requested,
-                                           bool file_handles);
+absl::StatusOr<uint64_t> SetupRlimitNofile(std::optional<uint64_t> requested, bool file_handles);
+
+// Removes a socket path when destroyed, through a descriptor of its
+// directory opened beforehand (unlinkat is on the seccomp allow-list, unlink
+// by path is not).
+class SocketPathRemover {
+ public:
+  SocketPathRemover() = default;
+  explicit SocketPathRemover(const std::string& path);
+  SocketPathRemover(SocketPathRemover&&) = default;
+  SocketPathRemover& operator=(SocketPathRemover&&) = default;
+  ~SocketPathRemover();
+
+ private:
+  virtiofs::UniqueFd dir_;
+  std::string name_;
+};
 
 struct Sandbox {
   // The path the backend must open as the shared directory ("/" after
@@ -126,6 +140,9 @@ struct Sandbox {
   // where /proc is this process's (the new pid namespace's); invalid in
   // mode none (the backend opens it itself).
   virtiofs::UniqueFd proc_self_fd;
+  // Mode none only (no supervisor): removes config.socket_path when the
+  // Sandbox is destroyed; keep it until the server is gone.
+  SocketPathRemover socket_remover;
 };
 
 // Enters the configured sandbox (see the top of this file). Must be called

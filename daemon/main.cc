@@ -233,13 +233,6 @@ int main(int argc, char** argv) {
   sopt.keep_serving = true;
   auto server = VhostUserServer::FromListeningFd(UniqueFd(fd), device->get(), sopt);
   if (!server.ok()) return Fail(std::string(server.status().message()));
-  // Without a sandbox there is no supervisor to remove the socket path.
-  struct RemovePath {
-    std::string path;
-    ~RemovePath() {
-      if (!path.empty()) unlink(path.c_str());
-    }
-  } remove_socket{lock.sandbox == virtiofsd::SandboxKind::kNone ? socket_path : ""};
   if (!socket_path.empty()) PrintQemuLine(socket_path, tag, queues);
 
   std::thread signals([&] {

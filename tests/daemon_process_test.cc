@@ -41,7 +41,7 @@ std::vector<std::string> ExtraArgs() {
   std::vector<std::string> out;
   const char* env = std::getenv("VIRTIOFSD_ARGS");
   std::string cur;
-  for (const char* p = env ? env : ""; ; ++p) {
+  for (const char* p = env ? env : "";; ++p) {
     if (*p == ' ' || *p == '\0') {
       if (!cur.empty()) out.push_back(cur);
       cur.clear();
