@@ -237,14 +237,19 @@ absl::StatusOr<Sandbox> SetUpNamespaceChild(const LockdownConfig& config) {
 }
 
 absl::StatusOr<Sandbox> EnterNamespaceSandbox(const LockdownConfig& config) {
-  if (geteuid() != 0) {
+  const bool user_ns = geteuid() != 0;
+  if (user_ns) {
     if (auto s = EnterUserNamespace(config); !s.ok()) return s;
   }
   // The new pid namespace is for the children: the supervisor stays where it
   // is, with the host's mounts (it removes the socket path at the end).
   if (unshare(CLONE_NEWPID) != 0) return Errno("unshare(CLONE_NEWPID)");
   if (auto s = ForkSupervised(config); !s.ok()) return s;
-  return SetUpNamespaceChild(config);
+  auto sb = SetUpNamespaceChild(config);
+  if (sb.ok() && user_ns && config.uid_map.empty() && config.gid_map.empty()) {
+    sb->can_setgroups = false;  // EnterUserNamespace wrote "deny".
+  }
+  return sb;
 }
 
 absl::StatusOr<Sandbox> EnterChrootSandbox(const LockdownConfig& config) {

@@ -140,6 +140,12 @@ struct Sandbox {
   // where /proc is this process's (the new pid namespace's); invalid in
   // mode none (the backend opens it itself).
   virtiofs::UniqueFd proc_self_fd;
+  // False in a user namespace whose /proc/self/setgroups is "deny" (the
+  // unprivileged namespace sandbox without --gid-map): setgroups(2) fails
+  // there, so PassthroughOptions::drop_supplementary_groups must be off
+  // (the daemon keeps the groups it was started with, as the kernel shows
+  // them) and per-request supplementary groups cannot be set.
+  bool can_setgroups = true;
   // Mode none only (no supervisor): removes config.socket_path when the
   // Sandbox is destroyed; keep it until the server is gone.
   SocketPathRemover socket_remover;

@@ -199,6 +199,7 @@ int main(int argc, char** argv) {
   }
   popt.root = sandboxed->root;
   popt.proc_self_fd = sandboxed->proc_self_fd.get();
+  if (!sandboxed->can_setgroups) popt.drop_supplementary_groups = false;
   if (vm.count("thread-pool-size")) {
     VIRTIOFS_LOG(kDebug, "--thread-pool-size {} ignored: one worker per queue",
                  vm["thread-pool-size"].as<int>());

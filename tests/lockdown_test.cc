@@ -226,8 +226,10 @@ TEST_CASE("seccomp trap: a forbidden call is named on stderr, then SIGSYS") {
   INFO(out);
   REQUIRE(WIFSIGNALED(status));
   CHECK(WTERMSIG(status) == SIGSYS);
+#ifndef __SANITIZE_THREAD__  // TSan defers handlers: the process dies silently.
   CHECK(out.find("seccomp blocked system call personality " + std::to_string(SYS_personality)) !=
         std::string::npos);
+#endif
 }
 
 TEST_CASE("seccomp none installs nothing") {
