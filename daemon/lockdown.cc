@@ -582,6 +582,8 @@ const std::vector<const char*>& SeccompAllowList() {
       "ppoll",
       "pipe2",
       // io_uring (its rings are restricted to readv/writev/fsync/fallocate).
+      // The inflight region a front-end asks for (GET_INFLIGHT_FD).
+      "memfd_create",
       "io_uring_setup",
       "io_uring_enter",
       "io_uring_register",

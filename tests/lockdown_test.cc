@@ -10,6 +10,7 @@
 #include <linux/capability.h>
 #include <seccomp.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/personality.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -171,7 +172,13 @@ TEST_CASE("seccomp kill: a forbidden call kills the process, allowed ones work")
   const int status = InChild(
       [] {
         if (auto s = InstallSeccomp(SeccompAction::kKill); !s.ok()) return 1;
-        // Allowed: files, memory, threads' calls.
+        // Allowed: what GET_INFLIGHT_FD does (memfd, size, seals, map).
+        const int fd = memfd_create("inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0 || ftruncate(fd, 4096) != 0 ||
+            fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0 ||
+            mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED) {
+          return 3;
+        }
         std::printf("filter %s\n", StatusField("Seccomp").c_str());
         std::fflush(stdout);
         Forbidden();
