@@ -3,9 +3,11 @@
 // Thin by design: the command line becomes a Config (daemon/options.h), the
 // process locks itself down, and the library's server runs the passthrough
 // backend. Order matters and is:
-//   parse -> logging -> check the shared dir -> rlimit -> pid file + socket
-//   (before any sandbox: the socket is usually outside the shared dir) ->
-//   daemonize -> lockdown -> backend, device -> signals, stats -> serve.
+//   parse -> logging -> check the configuration -> rlimit -> pid file,
+//   socket, stats socket (before the sandbox: their paths are usually outside
+//   the shared dir) -> daemonize -> sandbox (daemon/lockdown.h; forks a
+//   supervisor) -> backend -> capabilities -> seccomp -> device, signals,
+//   stats -> serve.
 // Everything before "serve" fails with one line on stderr and exit 1, and no
 // socket or pid file is left behind.
 #include <fcntl.h>
@@ -27,6 +29,7 @@
 #include <string>
 #include <thread>
 
+#include "daemon/lockdown.h"
 #include "daemon/options.h"
 #include "daemon/stats.h"
 #include "virtiofs/log.h"
@@ -50,9 +53,15 @@ int Fail(absl::string_view message) {
 // reopens (for logrotate).
 class LogFile {
  public:
+  // The directory is held open: the file can be reopened by name from
+  // inside the sandbox, where the path no longer leads to it.
   absl::Status Open(const std::string& path) {
     std::lock_guard lock(mu_);
-    path_ = path;
+    const size_t slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash + 1);
+    name_ = slash == std::string::npos ? path : path.substr(slash + 1);
+    dir_.reset(open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    if (!dir_.valid()) return absl::ErrnoToStatus(errno, "--log-file " + path);
     return ReopenLocked();
   }
   absl::Status Reopen() {
@@ -72,14 +81,16 @@ class LogFile {
 
  private:
   absl::Status ReopenLocked() {
-    const int fd = open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-    if (fd < 0) return absl::ErrnoToStatus(errno, "--log-file " + path_);
+    const int fd =
+        openat(dir_.get(), name_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) return absl::ErrnoToStatus(errno, "--log-file " + name_);
     if (fd_ >= 0) close(fd_);
     fd_ = fd;
     return absl::OkStatus();
   }
   std::mutex mu_;
-  std::string path_;
+  UniqueFd dir_;
+  std::string name_;
   int fd_ = -1;
 };
 LogFile g_log_file;
@@ -93,30 +104,6 @@ void SyslogSink(LogLevel level, std::string_view message) {
     default: priority = LOG_DEBUG; break;
   }
   syslog(priority, "%.*s", int(message.size()), message.data());
-}
-
-// Every inode the guest knows may hold an fd: raise the limit as virtiofsd
-// does (to min(1000000, fs.nr_open)), unless told a number (0: leave it).
-absl::Status SetupRlimit(const Config& c) {
-  rlimit lim{};
-  getrlimit(RLIMIT_NOFILE, &lim);
-  if (c.rlimit_nofile && *c.rlimit_nofile == 0) return absl::OkStatus();
-  rlim_t want = 1000000;
-  if (c.rlimit_nofile) {
-    want = *c.rlimit_nofile;
-  } else if (std::ifstream nr("/proc/sys/fs/nr_open"); nr) {
-    uint64_t nr_open = 0;
-    if (nr >> nr_open && nr_open < want) want = nr_open;
-  }
-  rlimit target{want, want};
-  if (setrlimit(RLIMIT_NOFILE, &target) == 0) return absl::OkStatus();
-  if (c.rlimit_nofile) {
-    return absl::ErrnoToStatus(errno, fmt::format("--rlimit-nofile {}", want));
-  }
-  // Without CAP_SYS_RESOURCE the hard limit is the ceiling.
-  lim.rlim_cur = lim.rlim_max;
-  setrlimit(RLIMIT_NOFILE, &lim);
-  return absl::OkStatus();
 }
 
 // "<socket>.pid", locked for the daemon's life: a second daemon on the same
@@ -212,12 +199,6 @@ int main(int argc, char** argv) {
     case Config::Action::kServe:
       break;
   }
-  if (c.sandbox != SandboxMode::kNone || c.seccomp != SeccompAction::kNone ||
-      !c.uid_map.empty() || !c.gid_map.empty() || !c.modcaps.empty()) {
-    return Fail("--sandbox namespace|chroot, --seccomp, --modcaps and --uid-map/--gid-map are "
-                "not available in this build yet (use --sandbox none --seccomp none)");
-  }
-
   // Logging first: everything after this may log.
   SetLogLevel(c.log_level);
   if (c.daemonize && !c.syslog && c.log_file.empty()) c.syslog = true;  // stderr goes away.
@@ -234,52 +215,80 @@ int main(int argc, char** argv) {
                  *c.thread_pool_size);
   }
 
-  // The shared directory must exist before anything listens.
+  LockdownConfig lock;
+  lock.sandbox = c.sandbox;
+  lock.seccomp = c.seccomp;
+  lock.modcaps = c.modcaps;
+  lock.uid_map = c.uid_map;
+  lock.gid_map = c.gid_map;
+  lock.file_handles =
+      c.passthrough.inode_file_handles != PassthroughOptions::FileHandles::kNever;
+  lock.shared_dir = c.passthrough.root;
+  lock.socket_path = c.socket_path;
+  // Checked before anything is bound: a refusal leaves nothing behind.
+  if (absl::Status s = CheckLockdownConfig(lock); !s.ok()) return Fail(s.message());
   {
     UniqueFd dir(open(c.passthrough.root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     if (!dir.valid()) {
       return Fail(fmt::format("shared directory '{}': {}", c.passthrough.root, strerror(errno)));
     }
   }
-  if (absl::Status s = SetupRlimit(c); !s.ok()) return Fail(s.message());
+  if (auto limit = SetupRlimitNofile(c.rlimit_nofile, lock.file_handles); !limit.ok()) {
+    return Fail(limit.status().message());
+  }
 
   // Where to listen: our own socket (with its pid file), or the launcher's.
-  UniqueFd listen_fd, pid_file;
+  // Bound before the sandbox, which hides their paths; whoever outlives the
+  // daemon's serving (the sandbox's supervisor, or the Sandbox object
+  // without one) removes them.
+  UniqueFd listen_fd, pid_file, stats_fd;
+  std::vector<std::string> created;  // Removed on a failure before the sandbox.
+  auto fail_early = [&](absl::string_view message) {
+    for (const std::string& p : created) unlink(p.c_str());
+    return Fail(message);
+  };
   if (c.fd >= 0) {
     if (fcntl(c.fd, F_SETFD, FD_CLOEXEC) != 0) {
       return Fail(fmt::format("--fd {}: {}", c.fd, strerror(errno)));
     }
     listen_fd.reset(c.fd);
   } else {
-    auto pid = LockPidFile(c.socket_path + ".pid");
+    const std::string pid_path = c.socket_path + ".pid";
+    auto pid = LockPidFile(pid_path);
     if (!pid.ok()) return Fail(pid.status().message());
     pid_file = std::move(*pid);
+    created.push_back(pid_path);
     auto fd = ListenUnixSocket(c.socket_path, c.socket_group.empty() ? 0600 : 0660);
-    if (!fd.ok()) {
-      unlink((c.socket_path + ".pid").c_str());
-      return Fail(fd.status().message());
-    }
+    if (!fd.ok()) return fail_early(fd.status().message());
     listen_fd = std::move(*fd);
+    created.insert(created.begin(), c.socket_path);
     if (!c.socket_group.empty()) {
       const group* g = getgrnam(c.socket_group.c_str());
       if (g == nullptr || chown(c.socket_path.c_str(), -1, g->gr_gid) != 0) {
         const std::string why = g == nullptr ? "no such group" : strerror(errno);
-        unlink(c.socket_path.c_str());
-        unlink((c.socket_path + ".pid").c_str());
-        return Fail(fmt::format("--socket-group {}: {}", c.socket_group, why));
+        return fail_early(fmt::format("--socket-group {}: {}", c.socket_group, why));
       }
     }
   }
-  // Removes what we created, however serving ends.
-  struct Cleanup {
-    std::string socket;
-    ~Cleanup() {
-      if (!socket.empty()) {
-        unlink(socket.c_str());
-        unlink((socket + ".pid").c_str());
-      }
-    }
-  } cleanup{c.socket_path};
+  if (!c.stats_socket.empty()) {
+    auto fd = ListenUnixSocket(c.stats_socket, 0600);
+    if (!fd.ok()) return fail_early(fmt::format("--stats-socket: {}", fd.status().message()));
+    stats_fd = std::move(*fd);
+    created.push_back(c.stats_socket);
+  }
+  for (size_t i = c.fd >= 0 ? 0 : 1; i < created.size(); ++i) {
+    lock.also_remove.push_back(created[i]);  // The pid file, the stats socket.
+  }
+
+  // Signals are taken by a thread of their own (Stop() and logging are not
+  // async-signal-safe). Blocked from here on, before any fork or thread: a
+  // SIGTERM that comes while the daemon is still setting up (its launcher
+  // may send one as soon as the socket listens) waits for that thread; in
+  // the namespace sandbox the daemon is pid 1, which would drop it.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) sigaddset(&signals, s);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   if (c.fd < 0 && !c.daemonize) PrintQemuLine(c);
   if (c.daemonize) {
@@ -295,28 +304,38 @@ int main(int argc, char** argv) {
   // local open would; unprivileged, it is dropped unless --preserve-noatime.
   if (geteuid() == 0) c.passthrough.preserve_noatime = true;
 
+  // The sandbox forks (namespace, chroot): only the sandboxed child comes
+  // back; the supervisor waits for it and removes the paths above.
+  lock.listen_fd = listen_fd.get();
+  auto sandbox = EnterSandbox(lock);
+  if (!sandbox.ok()) return fail_early("sandbox: " + std::string(sandbox.status().message()));
+  c.passthrough.root = sandbox->root;
+  c.passthrough.proc_self_fd = sandbox->proc_self_fd.get();
+  if (!sandbox->can_setgroups) c.passthrough.drop_supplementary_groups = false;
+
   auto backend = PassthroughBackend::Create(c.passthrough);
   if (!backend.ok()) return Fail(backend.status().message());
+  sandbox->proc_self_fd.reset();  // The backend holds its own.
+  // Capabilities before seccomp (capset is not on the allow-list); both
+  // before any thread.
+  if (absl::Status s = DropCapabilities(lock); !s.ok()) return Fail("capabilities: " + s.ToString());
+  if (absl::Status s = InstallSeccomp(lock.seccomp, c.syslog); !s.ok()) {
+    return Fail("seccomp: " + s.ToString());
+  }
   VirtioFsDeviceOptions dopt;
   dopt.tag = c.tag;
   dopt.num_request_queues = c.num_request_queues;
   auto device = VirtioFsDevice::Create(backend->get(), dopt);
   if (!device.ok()) return Fail(device.status().message());
 
-  // Signals are taken by a thread of their own (Stop() and logging are not
-  // async-signal-safe); blocked here, before any other thread starts.
-  sigset_t signals;
-  sigemptyset(&signals);
-  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGUSR1}) sigaddset(&signals, s);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   StatsSources sources;
   sources.device = device->get();
   sources.backend = backend->get();
   std::unique_ptr<StatsServer> stats;
-  if (!c.stats_socket.empty()) {
-    auto s = StatsServer::Start(c.stats_socket, sources);
+  if (stats_fd.valid()) {
+    auto s = StatsServer::Start(std::move(stats_fd), sources);
     if (!s.ok()) return Fail(fmt::format("--stats-socket: {}", s.status().message()));
     stats = std::move(*s);
   }
@@ -338,11 +357,7 @@ int main(int argc, char** argv) {
         if (!c.log_file.empty()) {
           absl::Status s = g_log_file.Reopen();
           VIRTIOFS_LOG(kInfo, "SIGHUP: log reopened{}", s.ok() ? "" : ": " + s.ToString());
-        } else if (c.syslog) {
-          closelog();
-          openlog("virtiofsd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
-          VIRTIOFS_LOG(kInfo, "SIGHUP: syslog reopened");
-        }
+        }  // syslog(3) keeps (and re-establishes) its own connection.
         continue;
       }
       if (sig == SIGUSR1) {

@@ -41,15 +41,9 @@ absl::Status SetCache(std::string_view flag, std::string_view v, Config* c) {
 }
 
 absl::Status SetSandbox(std::string_view flag, std::string_view v, Config* c) {
-  if (v == "namespace") {
-    c->sandbox = SandboxMode::kNamespace;
-  } else if (v == "chroot") {
-    c->sandbox = SandboxMode::kChroot;
-  } else if (v == "none") {
-    c->sandbox = SandboxMode::kNone;
-  } else {
-    return Bad(flag, v, "namespace, chroot or none");
-  }
+  auto kind = ParseSandboxKind(absl::string_view(v.data(), v.size()));
+  if (!kind.ok()) return Bad(flag, v, "namespace, chroot or none");
+  c->sandbox = *kind;
   return absl::OkStatus();
 }
 
@@ -180,11 +174,15 @@ po::options_description Describe() {
       ("preserve-noatime", "keep O_NOATIME from the guest even without CAP_FOWNER")
       ("translate-uid", str(), "guest/host uid translation (not supported yet: refused)")
       ("translate-gid", str(), "guest/host gid translation (not supported yet: refused)")
-      ("sandbox", str(), "namespace | chroot | none")
-      ("seccomp", str(), "kill | log | trap | none")
+      ("sandbox", str(), "namespace (default: new mount, pid and net namespaces, plus a user "
+                         "namespace when not root, pivot_root into the shared dir) | chroot | "
+                         "none")
+      ("seccomp", str(), "action on a system call outside the allow-list: kill (default) | "
+                         "log | trap | none")
       ("modcaps", str(), "capabilities to add or drop, e.g. +sys_admin:-chown")
-      ("uid-map", str(), ":namespace_uid:host_uid:count: for an unprivileged sandbox")
-      ("gid-map", str(), ":namespace_gid:host_gid:count: for an unprivileged sandbox")
+      ("uid-map", str(), ":namespace_uid:host_uid:count: for the namespace sandbox when not "
+                         "root (repeatable)")
+      ("gid-map", str(), ":namespace_gid:host_gid:count: (repeatable)")
       ("rlimit-nofile", str(), "open file limit (0: leave it; default: raise it as "
                                "virtiofsd does)")
       ("thread-pool-size", str(), "accepted for virtiofsd compatibility: requests run on one "
@@ -277,23 +275,17 @@ absl::Status Apply(const std::string& key, const std::string& v, Config* c) {
   } else if (key == "sandbox") {
     return SetSandbox("--sandbox", v, c);
   } else if (key == "seccomp") {
-    if (v == "kill") {
-      c->seccomp = SeccompAction::kKill;
-    } else if (v == "log") {
-      c->seccomp = SeccompAction::kLog;
-    } else if (v == "trap") {
-      c->seccomp = SeccompAction::kTrap;
-    } else if (v == "none") {
-      c->seccomp = SeccompAction::kNone;
-    } else {
-      return Bad("--seccomp", v, "kill, log, trap or none");
-    }
+    auto action = ParseSeccompAction(v);
+    if (!action.ok()) return Bad("--seccomp", v, "kill, log, trap or none");
+    c->seccomp = *action;
   } else if (key == "modcaps") {
     return SetNonEmpty("--modcaps", v, &c->modcaps);
-  } else if (key == "uid-map") {
-    return SetNonEmpty("--uid-map", v, &c->uid_map);
-  } else if (key == "gid-map") {
-    return SetNonEmpty("--gid-map", v, &c->gid_map);
+  } else if (key == "uid-map" || key == "gid-map") {
+    auto map = ParseIdMap(v);
+    if (!map.ok()) {
+      return absl::InvalidArgumentError(fmt::format("--{}: {}", key, map.status().message()));
+    }
+    (key == "uid-map" ? c->uid_map : c->gid_map).push_back(*map);
   } else if (key == "rlimit-nofile") {
     uint64_t n = 0;
     VIRTIOFS_RETURN_IF_ERROR(

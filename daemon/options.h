@@ -13,13 +13,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "daemon/lockdown.h"
 #include "virtiofs/log.h"
 #include "virtiofs/passthrough.h"
 
 namespace virtiofsd {
-
-enum class SandboxMode { kNamespace, kChroot, kNone };
-enum class SeccompAction { kKill, kLog, kTrap, kNone };
 
 struct Config {
   // What the command line asks for.
@@ -39,11 +37,11 @@ struct Config {
   // The file system (root = the shared directory).
   virtiofs::PassthroughOptions passthrough;
 
-  // Lockdown.
-  SandboxMode sandbox = SandboxMode::kNone;
-  SeccompAction seccomp = SeccompAction::kNone;
-  std::string modcaps;  // "+cap:-cap..." as given.
-  std::string uid_map, gid_map;
+  // Lockdown (daemon/lockdown.h).
+  SandboxKind sandbox = SandboxKind::kNamespace;
+  SeccompAction seccomp = SeccompAction::kKill;
+  std::string modcaps;  // "+cap:-cap..." as given (checked by CheckLockdownConfig).
+  std::vector<IdMap> uid_map, gid_map;  // Repeatable flags.
   std::optional<uint64_t> rlimit_nofile;  // 0: leave the limit alone.
 
   // Life cycle and observability.
@@ -63,8 +61,8 @@ struct Config {
 // stderr. Defaults that depend on the machine (sandbox and request queues)
 // are filled in by the caller-supplied `defaults`.
 struct Defaults {
-  SandboxMode sandbox = SandboxMode::kNone;
-  SeccompAction seccomp = SeccompAction::kNone;
+  SandboxKind sandbox = SandboxKind::kNamespace;  // virtiofsd's, as root.
+  SeccompAction seccomp = SeccompAction::kKill;
   uint32_t num_request_queues = 1;
 };
 absl::StatusOr<Config> ParseCommandLine(int argc, const char* const* argv,

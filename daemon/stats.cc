@@ -170,23 +170,17 @@ std::string StatsPrometheus(const StatsSources& s) {
   return o + errors + hist;
 }
 
-absl::StatusOr<std::unique_ptr<StatsServer>> StatsServer::Start(const std::string& path,
+absl::StatusOr<std::unique_ptr<StatsServer>> StatsServer::Start(virtiofs::UniqueFd listening,
                                                                 StatsSources sources) {
-  auto fd = virtiofs::ListenUnixSocket(path, 0600);
-  if (!fd.ok()) return fd.status();
   virtiofs::UniqueFd stop(eventfd(0, EFD_CLOEXEC));
-  if (!stop.valid()) {
-    unlink(path.c_str());
-    return absl::ErrnoToStatus(errno, "eventfd");
-  }
+  if (!stop.valid()) return absl::ErrnoToStatus(errno, "eventfd");
   return std::unique_ptr<StatsServer>(
-      new StatsServer(path, std::move(*fd), std::move(stop), sources));
+      new StatsServer(std::move(listening), std::move(stop), sources));
 }
 
-StatsServer::StatsServer(std::string path, virtiofs::UniqueFd listen, virtiofs::UniqueFd stop,
+StatsServer::StatsServer(virtiofs::UniqueFd listen, virtiofs::UniqueFd stop,
                          StatsSources sources)
-    : path_(std::move(path)),
-      listen_(std::move(listen)),
+    : listen_(std::move(listen)),
       stop_(std::move(stop)),
       sources_(sources),
       thread_([this] { Run(); }) {}
@@ -195,7 +189,6 @@ StatsServer::~StatsServer() {
   const uint64_t one = 1;
   (void)!write(stop_.get(), &one, sizeof one);
   thread_.join();
-  unlink(path_.c_str());
 }
 
 void StatsServer::Run() {

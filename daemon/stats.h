@@ -35,19 +35,19 @@ std::string StatsPrometheus(const StatsSources& s);
 // a second gets the JSON.
 class StatsServer {
  public:
-  static absl::StatusOr<std::unique_ptr<StatsServer>> Start(const std::string& path,
+  // Serves on `listening` (from virtiofs::ListenUnixSocket, bound before
+  // the daemon sandboxed itself; removing the path is the caller's).
+  static absl::StatusOr<std::unique_ptr<StatsServer>> Start(virtiofs::UniqueFd listening,
                                                             StatsSources sources);
-  ~StatsServer();  // Stops serving and removes the socket.
+  ~StatsServer();  // Stops serving.
   StatsServer(const StatsServer&) = delete;
   StatsServer& operator=(const StatsServer&) = delete;
 
  private:
-  StatsServer(std::string path, virtiofs::UniqueFd listen, virtiofs::UniqueFd stop,
-              StatsSources sources);
+  StatsServer(virtiofs::UniqueFd listen, virtiofs::UniqueFd stop, StatsSources sources);
   void Run();
   void Serve(int fd);
 
-  std::string path_;
   virtiofs::UniqueFd listen_, stop_;
   StatsSources sources_;
   std::thread thread_;

@@ -35,7 +35,7 @@ std::string ParseError(std::initializer_list<const char*> args) {
 TEST_CASE("defaults are virtiofsd's") {
   Defaults d;
   d.num_request_queues = 3;
-  d.sandbox = SandboxMode::kChroot;
+  d.sandbox = SandboxKind::kChroot;
   auto c = Parse({"--shared-dir", "/srv", "--socket-path", "/tmp/s"}, d);
   REQUIRE(c.ok());
   CHECK(c->action == Config::Action::kServe);
@@ -43,7 +43,7 @@ TEST_CASE("defaults are virtiofsd's") {
   CHECK(c->socket_path == "/tmp/s");
   CHECK(c->fd == -1);
   CHECK(c->num_request_queues == 3);
-  CHECK(c->sandbox == SandboxMode::kChroot);
+  CHECK(c->sandbox == SandboxKind::kChroot);
   CHECK(c->passthrough.cache == Cache::kAuto);
   CHECK(c->passthrough.announce_submounts);
   CHECK_FALSE(c->passthrough.xattr);
@@ -53,6 +53,10 @@ TEST_CASE("defaults are virtiofsd's") {
   CHECK_FALSE(c->reconnect);
   CHECK(c->log_level == virtiofs::LogLevel::kInfo);
   CHECK(c->deprecations.empty());
+  auto v = Parse({"--shared-dir", "/srv", "--socket-path", "/tmp/s"});
+  REQUIRE(v.ok());
+  CHECK(v->sandbox == SandboxKind::kNamespace);  // virtiofsd's defaults.
+  CHECK(v->seccomp == SeccompAction::kKill);
 }
 
 TEST_CASE("libvirt's separate-options command line") {
@@ -61,7 +65,7 @@ TEST_CASE("libvirt's separate-options command line") {
                     "--log-level", "debug", "--posix-acl", "--announce-submounts"});
   CHECK(c.fd == 3);
   CHECK(c.passthrough.cache == Cache::kAlways);
-  CHECK(c.sandbox == SandboxMode::kChroot);
+  CHECK(c.sandbox == SandboxKind::kChroot);
   CHECK(c.passthrough.xattr);
   CHECK(c.passthrough.posix_acl);
   CHECK(c.thread_pool_size == 16);
@@ -75,7 +79,7 @@ TEST_CASE("libvirt's and the C virtiofsd's legacy -o command line") {
   CHECK(c.passthrough.root == "/srv/share");
   CHECK(c.passthrough.cache == Cache::kNever);
   CHECK_FALSE(c.passthrough.readdirplus);  // Off with nothing cached, as virtiofsd.
-  CHECK(c.sandbox == SandboxMode::kNamespace);
+  CHECK(c.sandbox == SandboxKind::kNamespace);
   CHECK(c.passthrough.xattr);
   CHECK(c.passthrough.flock);
   CHECK(c.passthrough.posix_locks);
@@ -123,7 +127,7 @@ TEST_CASE("Kata's command line") {
   CHECK(c.passthrough.announce_submounts);
   auto n = ParseOk({"--syslog", "--cache=never", "--shared-dir=/s", "--fd=3",
                     "--announce-submounts", "--sandbox=none", "--seccomp=none"});
-  CHECK(n.sandbox == SandboxMode::kNone);
+  CHECK(n.sandbox == SandboxKind::kNone);
   CHECK(n.seccomp == SeccompAction::kNone);
 }
 
@@ -152,8 +156,12 @@ TEST_CASE("every modern flag") {
   CHECK(c.passthrough.preserve_noatime);
   CHECK(c.seccomp == SeccompAction::kLog);
   CHECK(c.modcaps == "-chown");
-  CHECK(c.uid_map == ":0:100000:65536:");
-  CHECK(c.gid_map == ":0:100000:65536:");
+  REQUIRE(c.uid_map.size() == 1);
+  CHECK(c.uid_map[0].inside == 0);
+  CHECK(c.uid_map[0].outside == 100000);
+  CHECK(c.uid_map[0].count == 65536);
+  REQUIRE(c.gid_map.size() == 1);
+  CHECK(c.gid_map[0].outside == 100000);
   CHECK(c.num_request_queues == 4);
   CHECK(c.passthrough.io_engine == virtiofs::IoEngineKind::kSync);
   CHECK(c.log_file == "/tmp/log");
@@ -229,6 +237,8 @@ TEST_CASE("wrong command lines are one clear error") {
   CHECK(ParseError({"--shared-dir=/d", "--fd=3", "--sandbox=jail"}).find("--sandbox") !=
         std::string::npos);
   CHECK(ParseError({"--shared-dir=/d", "--fd=3", "--seccomp=maybe"}).find("--seccomp") !=
+        std::string::npos);
+  CHECK(ParseError({"--shared-dir=/d", "--fd=3", "--uid-map=0:1:2"}).find("--uid-map") !=
         std::string::npos);
   CHECK(ParseError({"--shared-dir=/d", "--fd=3", "--log-level=loud"}).find("--log-level") !=
         std::string::npos);

@@ -2,6 +2,7 @@
 // host directory, and SIGTERM in the middle of a stream of writes (every
 // write acknowledged after fsync is on the host, and the daemon exits 0).
 #include <fcntl.h>
+#include <grp.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_ring.h>
 #include <signal.h>
@@ -39,6 +40,39 @@ using testing::FuseReply;
 using testing::GuestRam;
 namespace fs = std::filesystem;
 
+// VIRTIOFSD_ARGS, split at spaces.
+std::vector<std::string> ExtraArgs() {
+  std::vector<std::string> out;
+  const char* env = std::getenv("VIRTIOFSD_ARGS");
+  std::string cur;
+  for (const char* p = env ? env : "";; ++p) {
+    if (*p == ' ' || *p == '\0') {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+      if (*p == '\0') break;
+    } else {
+      cur += *p;
+    }
+  }
+  return out;
+}
+
+// The value of `--flag V` or `--flag=V` among the extra flags, or `def`.
+std::string ExtraArg(const std::string& flag, const std::string& def) {
+  auto args = ExtraArgs();
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == flag && i + 1 < args.size()) return args[i + 1];
+    if (args[i].rfind(flag + "=", 0) == 0) return args[i].substr(flag.size() + 1);
+  }
+  return def;
+}
+
+// VIRTIOFSD_AS_UID: run the daemon as this (unprivileged) user; 0: as is.
+uid_t RunAs() {
+  const char* env = std::getenv("VIRTIOFSD_AS_UID");
+  return env ? static_cast<uid_t>(std::strtoul(env, nullptr, 10)) : 0;
+}
+
 // The daemon under test, always reaped (SIGKILL if it lingers).
 class Daemon {
  public:
@@ -56,6 +90,9 @@ class Daemon {
     } else {
       args.insert(args.end(), {"--socket-path", socket});
     }
+    // Extra flags (meson runs this suite once per sandbox mode), then the
+    // test case's own.
+    for (const std::string& a : ExtraArgs()) args.push_back(a);
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -68,6 +105,13 @@ class Daemon {
       dup2(out, 1);
       dup2(out, 2);
       if (inherited >= 0) fcntl(inherited, F_SETFD, 0);  // Passed on exec.
+      if (const uid_t user = RunAs(); user != 0) {
+        // An unprivileged daemon (the namespace sandbox in a user namespace).
+        if (setgroups(0, nullptr) != 0 || setresgid(user, user, user) != 0 ||
+            setresuid(user, user, user) != 0) {
+          _exit(126);
+        }
+      }
       execv(argv[0], argv.data());
       _exit(127);
     }
@@ -108,12 +152,21 @@ struct Session {
     dir = t;
     share = dir + "/share";
     fs::create_directory(share);
+    if (const uid_t user = RunAs(); user != 0) {
+      if (getuid() != 0) {
+        std::puts("VIRTIOFSD_AS_UID needs the test to run as root (to switch users): skipped");
+        std::exit(77);
+      }
+      REQUIRE(chown(dir.c_str(), user, user) == 0);
+      REQUIRE(chown(share.c_str(), user, user) == 0);
+    }
     daemon = std::make_unique<Daemon>(share, dir + "/sock", dir + "/log", extra);
     Attach();
   }
   // Connects a front-end (the VMM) and starts the queues; INIT once.
   void Attach(uint16_t base = 0) {
     auto f = Frontend::Connect(dir + "/sock", 10000);
+    if (!f.ok()) SkipIfNoNamespaces();
     INFO(f.status().message());
     REQUIRE(f.ok());
     fe = *std::move(f);
@@ -137,6 +190,17 @@ struct Session {
     std::fprintf(stderr, "---- daemon log ----\n%s\n",
                  std::string(std::istreambuf_iterator<char>(log), {}).c_str());
     fs::remove_all(dir);
+  }
+  // A machine that refuses the namespaces (a container without
+  // CAP_SYS_ADMIN, unprivileged user namespaces disabled): the daemon said
+  // so in one line and exited; the suite cannot run here.
+  void SkipIfNoNamespaces() {
+    std::ifstream log(dir + "/log");
+    const std::string text(std::istreambuf_iterator<char>(log), {});
+    if (text.find("cannot create mount, pid and net namespaces") != std::string::npos) {
+      std::printf("skipped: %s", text.c_str());
+      std::exit(77);
+    }
   }
   FuseReply Call(std::vector<uint8_t> req, uint32_t reply = 4096) {
     auto r = testing::FuseTransact(*fe, 1, q, *ram, req, reply);
@@ -257,6 +321,7 @@ std::string AskStats(const std::string& path, const std::string& request) {
 TEST_CASE("--stats-socket and SIGUSR1 report what the guest asked") {
   char t[] = "/tmp/virtiofs-stats-XXXXXX";
   REQUIRE(mkdtemp(t) != nullptr);
+  if (const uid_t user = RunAs(); user != 0) REQUIRE(chown(t, user, user) == 0);
   const std::string stats = std::string(t) + "/stats";
   {
     Session s({"--stats-socket", stats});
@@ -305,6 +370,10 @@ TEST_CASE("--fd: the daemon serves a listening socket it inherits (libvirt, Kata
   REQUIRE(mkdtemp(t) != nullptr);
   const std::string dir = t;
   fs::create_directory(dir + "/share");
+  if (const uid_t user = RunAs(); user != 0) {
+    REQUIRE(chown(dir.c_str(), user, user) == 0);
+    REQUIRE(chown((dir + "/share").c_str(), user, user) == 0);
+  }
   std::ofstream(dir + "/share/file") << "through an inherited socket";
   auto listening = ListenUnixSocket(dir + "/sock");
   REQUIRE(listening.ok());
@@ -370,6 +439,71 @@ TEST_CASE("the daemon exits when the front-end leaves, unless --reconnect") {
     // No new INIT: the FUSE session outlived the front-end.
     CHECK(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "kept")).error() == 0);
   }
+}
+
+// The process that serves: the supervisor's child in the namespace and
+// chroot sandboxes, the daemon itself without one.
+pid_t ServingPid(pid_t daemon) {
+  std::ifstream children("/proc/" + std::to_string(daemon) + "/task/" + std::to_string(daemon) +
+                         "/children");
+  pid_t child = 0;
+  if (children >> child) return child;
+  return daemon;
+}
+
+// "Key:\tvalue" of /proc/PID/status.
+std::string StatusField(pid_t pid, const std::string& key) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind(key + ":", 0) == 0) {
+      auto v = line.substr(key.size() + 1);
+      v.erase(0, v.find_first_not_of(" \t"));
+      return v;
+    }
+  }
+  return "";
+}
+
+TEST_CASE("the serving process is locked down as its flags say") {
+  Session s;  // Serving: the lockdown is complete.
+  const std::string sandbox = ExtraArg("--sandbox", "namespace");
+  const std::string seccomp = ExtraArg("--seccomp", "kill");
+  const pid_t pid = ServingPid(s.daemon->pid());
+  INFO("sandbox " << sandbox << ", seccomp " << seccomp << ", serving pid " << pid);
+  if (sandbox == "none") {
+    CHECK(pid == s.daemon->pid());
+  } else {
+    REQUIRE(pid != s.daemon->pid());
+  }
+  // Capabilities: chown, dac_override, fowner, fsetid, setgid, setuid,
+  // mknod, setfcap (bits 0 1 3 4 6 7 27 31), nothing else, in every mode.
+  CHECK(StatusField(pid, "CapEff") == "00000000880000db");
+  CHECK(StatusField(pid, "CapPrm") == "00000000880000db");
+  CHECK(StatusField(pid, "CapBnd") == "00000000880000db");
+  CHECK(StatusField(pid, "CapInh") == "0000000000000000");
+  CHECK(StatusField(pid, "CapAmb") == "0000000000000000");
+  // seccomp: mode 2 (filter) and one filter, unless --seccomp none.
+  CHECK(StatusField(pid, "Seccomp") == (seccomp == "none" ? "0" : "2"));
+  // The root directory: the shared directory in both sandboxes.
+  struct stat root, share, ours_net, its_net;
+  REQUIRE(::stat(("/proc/" + std::to_string(pid) + "/root/.").c_str(), &root) == 0);
+  REQUIRE(::stat(s.share.c_str(), &share) == 0);
+  const bool in_share = root.st_dev == share.st_dev && root.st_ino == share.st_ino;
+  CHECK(in_share == (sandbox != "none"));
+  // Namespaces: pid 1 of a new pid namespace, and a net namespace of its own.
+  const std::string nspid = StatusField(pid, "NSpid");
+  REQUIRE(::stat("/proc/self/ns/net", &ours_net) == 0);
+  REQUIRE(::stat(("/proc/" + std::to_string(pid) + "/ns/net").c_str(), &its_net) == 0);
+  if (sandbox == "namespace") {
+    CHECK(nspid == std::to_string(pid) + "\t1");
+    CHECK(its_net.st_ino != ours_net.st_ino);
+  } else {
+    CHECK(nspid == std::to_string(pid));
+    CHECK(its_net.st_ino == ours_net.st_ino);
+  }
+  // And it still serves.
+  auto r = s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "."));
+  CHECK(r.error() == 0);
 }
 
 }  // namespace

@@ -19,6 +19,18 @@ out=$("$bin" --bogus 2>&1) && fail "unknown flag accepted"
 [ -e "$dir/s" ] && fail "a socket was created for a bad command line"
 "$bin" --shared-dir "$dir" --socket-path "$dir/s" --cache=sometimes 2>/dev/null &&
   fail "bad --cache accepted"
+# Lockdown flags: bad values are one line, a non-zero exit and no socket.
+nr_open=$(cat /proc/sys/fs/nr_open)
+bad_flags=(--sandbox=jail --seccomp=allow --modcaps=+bogus --modcaps=sys_admin
+  --uid-map=0:1000:1 --gid-map=:0:1000: "--rlimit-nofile=$((nr_open + 1))")
+# As root no user namespace is made: a valid map is refused as well.
+[ "$(id -u)" -eq 0 ] && bad_flags+=(--uid-map=:0:1000:1:)
+for bad in "${bad_flags[@]}"; do
+  out=$("$bin" --shared-dir "$dir" --socket-path "$dir/s" "$bad" 2>&1) &&
+    fail "$bad accepted"
+  [ "$(echo "$out" | wc -l)" -eq 1 ] || fail "$bad: not one line: $out"
+  [ -e "$dir/s" ] && fail "$bad: a socket was created"
+done
 
 # Serving: the socket appears, the QEMU line is printed, SIGTERM ends it (0).
 # Kata's and libvirt's extra options are accepted.
@@ -67,7 +79,9 @@ wait $pid || fail "legacy form: exit status $?"
 dpid=$(cat "$dir/sock.pid")
 kill -0 "$dpid" || fail "--daemonize: pid file names no process"
 kill -TERM "$dpid"
-for _ in $(seq 100); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.05; done
-kill -0 "$dpid" 2>/dev/null && fail "--daemonize: SIGTERM did not stop it"
+# Gone, or a zombie (its reaper is whoever adopted it, not us).
+alive() { [ -e "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+for _ in $(seq 200); do alive "$dpid" || break; sleep 0.05; done
+alive "$dpid" && fail "--daemonize: SIGTERM did not stop it"
 [ -e "$dir/sock" ] && fail "--daemonize: socket left behind"
 echo "daemon: ok"

@@ -46,6 +46,17 @@ class IoEngine {
   // io_uring when it works here, else the synchronous engine (logged once).
   static std::unique_ptr<IoEngine> CreateBest(uint32_t depth = 256);
 
+  // io_uring operations are not checked by seccomp: a process that installs
+  // a seccomp filter calls this first, and every ring created afterwards (in
+  // any thread) accepts only the opcodes this engine submits (readv, writev,
+  // fsync, fallocate) and no SQE flags, through IORING_SETUP_R_DISABLED,
+  // IORING_REGISTER_RESTRICTIONS and IORING_REGISTER_ENABLE_RINGS (Linux
+  // 5.10). Where the kernel cannot restrict a ring, kUring creation fails
+  // (and CreateBest falls back to the synchronous engine): never an
+  // unrestricted ring once this is on. Process-wide; cannot be turned off.
+  static void RestrictUringOpcodes();
+  static bool uring_opcodes_restricted();
+
   virtual ~IoEngine() = default;
   virtual IoEngineKind kind() const = 0;
 

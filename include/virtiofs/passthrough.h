@@ -68,6 +68,11 @@ struct PassthroughOptions {
   // File data I/O: io_uring on each queue worker (falls back to the
   // synchronous engine where io_uring is unavailable), or synchronous.
   IoEngineKind io_engine = IoEngineKind::kUring;
+  // An O_PATH descriptor of /proc/self/fd to use (duplicated; the caller
+  // keeps its own), or -1 to open "/proc/self/fd" at creation. A sandbox
+  // that pivots into the shared directory opens it before the pivot, when
+  // /proc is still reachable by path.
+  int proc_self_fd = -1;
   // Drop the process's supplementary groups at creation (CVE-2022-0358); a
   // library user who manages credentials itself can turn this off.
   bool drop_supplementary_groups = true;

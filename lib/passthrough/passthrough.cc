@@ -151,7 +151,9 @@ absl::StatusOr<std::unique_ptr<PassthroughBackend>> PassthroughBackend::Create(
   if (!root.valid()) {
     return absl::ErrnoToStatus(errno, absl::StrFormat("shared directory '%s'", options.root));
   }
-  UniqueFd proc(open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
+  UniqueFd proc(options.proc_self_fd >= 0
+                    ? fcntl(options.proc_self_fd, F_DUPFD_CLOEXEC, 0)
+                    : open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!proc.valid()) return absl::ErrnoToStatus(errno, "open /proc/self/fd (is /proc mounted?)");
   if (options.inode_file_handles == PassthroughOptions::FileHandles::kMandatory) {
     return absl::UnimplementedError("inode_file_handles=mandatory is not implemented yet");
