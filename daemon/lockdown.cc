@@ -113,7 +113,13 @@ absl::Status ForkSupervised(const LockdownConfig& config) {
   // pid namespace getppid() is 0, the parent being outside it; a reparented
   // child there would be killed with the namespace.)
   if (const pid_t ppid = getppid(); ppid != 0 && ppid != supervisor) std::_Exit(1);
-  sigprocmask(SIG_SETMASK, &old, nullptr);
+  // SIGTERM and SIGINT stay blocked (pending ones kept): as pid 1 without
+  // a handler the child would drop them, and the daemon waits for them with
+  // sigwait anyway. The others are restored.
+  sigset_t keep = old;
+  sigaddset(&keep, SIGTERM);
+  sigaddset(&keep, SIGINT);
+  sigprocmask(SIG_SETMASK, &keep, nullptr);
   return absl::OkStatus();
 }
 
