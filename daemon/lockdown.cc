@@ -459,13 +459,17 @@ absl::StatusOr<uint64_t> SetupRlimitNofile(std::optional<uint64_t> requested, bo
 }
 
 absl::StatusOr<Sandbox> EnterSandbox(const LockdownConfig& config) {
-  switch (config.sandbox) {
-    case SandboxKind::kNamespace:
-      return EnterNamespaceSandbox(config);
-    case SandboxKind::kChroot:
-      return EnterChrootSandbox(config);
-    case SandboxKind::kNone:
-      break;
+  if (config.sandbox != SandboxKind::kNone) {
+    const pid_t self = getpid();
+    auto sb = config.sandbox == SandboxKind::kNamespace ? EnterNamespaceSandbox(config)
+                                                        : EnterChrootSandbox(config);
+    // Failed before the fork: there is no supervisor to remove the socket.
+    // (After it, the supervisor does; the child must not: its "/" may be
+    // the shared directory already.)
+    if (!sb.ok() && getpid() == self && !config.socket_path.empty()) {
+      unlink(config.socket_path.c_str());
+    }
+    return sb;
   }
   Sandbox sb;
   sb.root = config.shared_dir;

@@ -158,7 +158,8 @@ struct Sandbox {
 // while the process has a single thread. Fails, with the step that failed
 // and its errno, before anything is served; in namespace and chroot modes
 // only the child returns (the supervisor exits, with status 1 when the
-// child failed to set the sandbox up).
+// child failed to set the sandbox up). The socket path is removed on every
+// failure (by the supervisor, or here when it failed before the fork).
 absl::StatusOr<Sandbox> EnterSandbox(const LockdownConfig& config);
 
 // Keeps only ComputeCapabilities(...) in the effective, permitted and (with

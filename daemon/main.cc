@@ -191,12 +191,7 @@ int main(int argc, char** argv) {
   lock.listen_fd = fd;
   // Forks in namespace and chroot modes: only the sandboxed child returns.
   auto sandboxed = virtiofsd::EnterSandbox(lock);
-  if (!sandboxed.ok()) {
-    if (lock.sandbox == virtiofsd::SandboxKind::kNone && !socket_path.empty()) {
-      unlink(socket_path.c_str());
-    }
-    return Fail("sandbox: " + std::string(sandboxed.status().message()));
-  }
+  if (!sandboxed.ok()) return Fail("sandbox: " + std::string(sandboxed.status().message()));
   popt.root = sandboxed->root;
   popt.proc_self_fd = sandboxed->proc_self_fd.get();
   if (!sandboxed->can_setgroups) popt.drop_supplementary_groups = false;
