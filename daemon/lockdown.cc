@@ -118,7 +118,13 @@ absl::Status ForkSupervised(const LockdownConfig& config) {
   // pid namespace getppid() is 0, the parent being outside it; a reparented
   // child there would be killed with the namespace.)
   if (const pid_t ppid = getppid(); ppid != 0 && ppid != supervisor) std::_Exit(1);
-  sigprocmask(SIG_SETMASK, &old, nullptr);
+  // SIGTERM and SIGINT stay blocked (pending ones kept): as pid 1 without
+  // a handler the child would drop them, and the daemon waits for them with
+  // sigwait anyway. The others are restored.
+  sigset_t keep = old;
+  sigaddset(&keep, SIGTERM);
+  sigaddset(&keep, SIGINT);
+  sigprocmask(SIG_SETMASK, &keep, nullptr);
   return absl::OkStatus();
 }
 
@@ -458,13 +464,18 @@ absl::StatusOr<uint64_t> SetupRlimitNofile(std::optional<uint64_t> requested, bo
 }
 
 absl::StatusOr<Sandbox> EnterSandbox(const LockdownConfig& config) {
-  switch (config.sandbox) {
-    case SandboxKind::kNamespace:
-      return EnterNamespaceSandbox(config);
-    case SandboxKind::kChroot:
-      return EnterChrootSandbox(config);
-    case SandboxKind::kNone:
-      break;
+  if (config.sandbox != SandboxKind::kNone) {
+    const pid_t self = getpid();
+    auto sb = config.sandbox == SandboxKind::kNamespace ? EnterNamespaceSandbox(config)
+                                                        : EnterChrootSandbox(config);
+    // Failed before the fork: there is no supervisor to remove the socket.
+    // (After it, the supervisor does; the child must not: its "/" may be
+    // the shared directory already.)
+    if (!sb.ok() && getpid() == self) {
+      if (!config.socket_path.empty()) unlink(config.socket_path.c_str());
+      for (const std::string& path : config.also_remove) unlink(path.c_str());
+    }
+    return sb;
   }
   Sandbox sb;
   sb.root = config.shared_dir;

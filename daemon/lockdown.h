@@ -35,7 +35,10 @@
 // with the child's status (128 + signal when the child was killed). The
 // child returns from EnterSandbox() and serves; it dies with its supervisor
 // (PR_SET_PDEATHSIG), so a launcher's SIGKILL to the pid it started ends
-// both.
+// both. The child returns with SIGTERM and SIGINT blocked (a signal that
+// arrived meanwhile stays pending for the daemon's sigwait); in the pid
+// namespace it is pid 1, which drops any signal it has no handler for and
+// does not block (SIGHUP, SIGUSR1: install handlers for them).
 #ifndef VIRTIOFS_DAEMON_LOCKDOWN_H_
 #define VIRTIOFS_DAEMON_LOCKDOWN_H_
 
@@ -159,7 +162,8 @@ struct Sandbox {
 // while the process has a single thread. Fails, with the step that failed
 // and its errno, before anything is served; in namespace and chroot modes
 // only the child returns (the supervisor exits, with status 1 when the
-// child failed to set the sandbox up).
+// child failed to set the sandbox up). The socket path is removed on every
+// failure (by the supervisor, or here when it failed before the fork).
 absl::StatusOr<Sandbox> EnterSandbox(const LockdownConfig& config);
 
 // Keeps only ComputeCapabilities(...) in the effective, permitted and (with

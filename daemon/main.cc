@@ -308,7 +308,9 @@ int main(int argc, char** argv) {
   // back; the supervisor waits for it and removes the paths above.
   lock.listen_fd = listen_fd.get();
   auto sandbox = EnterSandbox(lock);
-  if (!sandbox.ok()) return fail_early("sandbox: " + std::string(sandbox.status().message()));
+  // On failure, EnterSandbox (before its fork) or the supervisor (after it)
+  // removed the paths; the child must not: its "/" may be the share already.
+  if (!sandbox.ok()) return Fail("sandbox: " + std::string(sandbox.status().message()));
   c.passthrough.root = sandbox->root;
   c.passthrough.proc_self_fd = sandbox->proc_self_fd.get();
   if (!sandbox->can_setgroups) c.passthrough.drop_supplementary_groups = false;

@@ -458,6 +458,8 @@ TEST_CASE("namespace sandbox: a failing child makes the supervisor exit non-zero
   LockdownConfig c;
   c.sandbox = SandboxKind::kNamespace;
   c.shared_dir = dir.path + "/missing";  // The bind mount fails in the child.
+  c.socket_path = dir.path + "/sock";
+  virtiofs::testing::WriteFile(c.socket_path, "");
   if (!CheckLockdownConfig(LockdownConfig{.shared_dir = dir.path}).ok()) return;
   std::string out;
   const int status = InChild(
@@ -474,6 +476,8 @@ TEST_CASE("namespace sandbox: a failing child makes the supervisor exit non-zero
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 3);
   CHECK(out.find("bind mount") != std::string::npos);
+  struct stat st;
+  CHECK(::stat(c.socket_path.c_str(), &st) != 0);  // Removed by the supervisor.
 }
 
 TEST_CASE("chroot sandbox: the shared directory is the root") {
