@@ -12,15 +12,18 @@
 // recorder; one that mixed up arguments would record something else.
 #include "virtiofs/forwarding_backend.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/fuse.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/xattr.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -28,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "lib/fuse/fuse_compat.h"
 #include "tests/support/fuse_harness.h"
 #include "tests/support/fuse_request.h"
 #include "virtiofs/backend.h"
@@ -272,7 +276,7 @@ class RecordingBackend : public Backend {
     Record(c,
            fmt::format("CopyFileRange {} fh={} off={} -> {} fh={} off={} len={} flags={}", node_in,
                        handle_in, offset_in, node_out, handle_out, offset_out, length, flags));
-    Answer(std::move(reply), uint64_t{4321});
+    Answer(std::move(reply), uint64_t{25});  // At most the length asked.
   }
   void Bmap(const RequestContext& c, uint64_t node, uint32_t blocksize, uint64_t block,
             Reply<uint64_t> reply) override {
@@ -464,7 +468,7 @@ std::vector<OpCase> AllOpCases() {
   lk.lk = {100, 199, F_RDLCK, 4242};
   auto flk = lk;
   flk.lk_flags = FUSE_LK_FLOCK;
-  flk.lk = {0, OFFSET_MAX, F_WRLCK, 4243};
+  flk.lk = {0, INT64_MAX, F_WRLCK, 4243};
   auto ioctl = Zeroed<fuse_ioctl_in>();
   ioctl.fh = 0x4416;
   ioctl.flags = FUSE_IOCTL_UNRESTRICTED;
@@ -702,7 +706,7 @@ TEST_CASE("ForwardingBackend: session calls, forgets and interrupts are forwarde
   CHECK((init->flags & FUSE_FLOCK_LOCKS) == 0);
   auto calls = rec.Take();
   REQUIRE(calls.size() == 1);
-  CHECK(calls[0].rfind(fmt::format("Init {} ", kFuseMinor), 0) == 0);
+  CHECK(calls[0].rfind(fmt::format("Init {} ", h.session().minor()), 0) == 0);
   CHECK(calls[0].find(fmt::format("{:#x}", h.session().flags())) != std::string::npos);
 
   // FORGET, BATCH_FORGET and INTERRUPT: no reply, forwarded as sent.
@@ -715,7 +719,7 @@ TEST_CASE("ForwardingBackend: session calls, forgets and interrupts are forwarde
                           .Add(fuse_forget_one{44, 7})
                           .bytes()),
          0);
-  h.Call(BuildRequest(FUSE_INTERRUPT, h.NextUnique() | FUSE_INT_REQ_BIT, 0,
+  h.Call(BuildRequest(FUSE_INTERRUPT, h.NextUnique() | 1 /* the kernel's FUSE_INT_REQ_BIT */, 0,
                       FuseBody().Add(fuse_interrupt_in{0x1234}).bytes()),
          0);
   CHECK(rec.Take() ==
