@@ -28,12 +28,27 @@
 //   socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
 //   auto server = virtiofs::VhostUserServer::FromConnectedFd(
 //       virtiofs::UniqueFd(sv[1]), device->get());
-//   std::thread([&] { (*server)->Run(); });   // Boost.Asio inside.
+//   std::thread vhost_thread([&] { (void)(*server)->Run(); });  // Asio inside.
 //   // ... the VMM's front-end talks vhost-user on sv[0] ...
 //
-// or, with its own event loop and no Asio, read each message itself and
-// hand it to VhostUserBackend::Handle() (vhost_user.h), sending back the
-// reply it returns. tests/server_test.cc and tests/device_test.cc do both.
+// or, with its own event loop and no Asio, keep a VhostUserBackend and a
+// MessageReader per connection (vhost_user.h, vhost_user_message.h):
+//
+//   namespace vu = virtiofs::vhost_user;
+//   virtiofs::VhostUserBackend vub(device->get());  // One per connection,
+//   vu::MessageReader reader(fd);                   // on a non-blocking fd.
+//   // Each time the loop sees the socket readable:
+//   auto msg = reader.Read();          // nullopt: the message is not all in.
+//   if (!msg.ok()) { vub.Disconnect(); /* close fd */ }
+//   else if (*msg) {
+//     auto reply = vub.Handle(std::move(**msg));
+//     if (!reply.ok()) { vub.Disconnect(); /* close fd */ }
+//     else if (*reply) vu::SendMessage(fd, (*reply)->header, (*reply)->payload, (*reply)->fds);
+//   }
+//
+// The device's queue workers are its own threads either way.
+// tests/server_test.cc serves FromConnectedFd on a socketpair and
+// tests/vhost_user_test.cc feeds Handle() message by message.
 #include <fcntl.h>
 #include <linux/fuse.h>
 #include <linux/virtio_ring.h>
