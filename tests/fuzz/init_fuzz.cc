@@ -275,8 +275,11 @@ void Probe(Rig& rig, const std::vector<uint8_t>& req, int32_t ok_error) {
   INIT_FUZZ_CHECK(a.reply.error() == (live ? ok_error : -EIO));
 }
 
-void Step(Rig& rig, Script& s) {
-  const uint8_t op = s.U8() % 9;
+// One step; `wrote` limits WRITEs (up to 1 MiB each) to one per input.
+void Step(Rig& rig, Script& s, bool* wrote) {
+  uint8_t op = s.U8() % 9;
+  if (op == 5 && *wrote) op = 2;
+  if (op == 5) *wrote = true;
   switch (op) {
     case 0:
     case 1:
@@ -357,6 +360,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   Rig& rig = *(*rigs)[data[0] % kConfigs.size()];
   Script s(data + 1, size - 1);
-  for (int steps = 0; steps < 64 && !s.empty(); ++steps) Step(rig, s);
+  bool wrote = false;
+  for (int steps = 0; steps < 32 && !s.empty(); ++steps) Step(rig, s, &wrote);
   return 0;
 }
