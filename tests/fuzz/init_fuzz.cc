@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -175,6 +176,7 @@ class Rig : public CompletionSink {
   FuseSession& session() { return *session_; }
   const Config& config() const { return config_; }
   Backend* backend() { return backend_.get(); }
+  const std::string& root() const { return root_; }
 
  private:
   Config config_;
@@ -355,6 +357,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     SetLogLevel(LogLevel::kError);
     auto* r = new std::array<Rig*, kConfigs.size()>();  // Lives for the process.
     for (size_t i = 0; i < kConfigs.size(); ++i) (*r)[i] = new Rig(kConfigs[i]);
+    // The temporary directories go at exit (the rigs themselves stay).
+    std::atexit([] {
+      std::error_code ignored;
+      for (Rig* rig : *rigs) std::filesystem::remove_all(rig->root(), ignored);
+    });
     return r;
   }();
   if (size < 1) return 0;
