@@ -63,6 +63,9 @@ class InodeTable {
 struct Handle {
   std::shared_ptr<Inode> inode;
   UniqueFd fd;
+  // The file is on a FUSE file system: its data goes through the synchronous
+  // engine (PassthroughFs::DataEngine says why).
+  bool inline_io = false;
   std::mutex mu;  // Directory position (readdir) and lock waits.
 };
 

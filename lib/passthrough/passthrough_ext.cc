@@ -653,6 +653,7 @@ void PassthroughFs::TmpFile(const RequestContext& ctx, uint64_t parent, uint32_t
   auto h = std::make_shared<Handle>();
   h->inode = std::move(inode);
   h->fd = std::move(fd);
+  h->inline_io = OnFuse(h->fd.get());
   r.open = OpenResult{handles_.Add(std::move(h)), FileOpenFlags()};
   reply.Ok(r);
 }

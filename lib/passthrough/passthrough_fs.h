@@ -5,7 +5,9 @@
 #define VIRTIOFS_LIB_PASSTHROUGH_PASSTHROUGH_FS_H_
 
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sched.h>
@@ -261,6 +263,7 @@ class PassthroughFs final : public PassthroughBackend {
     auto h = std::make_shared<Handle>();
     h->inode = inode;
     h->fd = std::move(fd);
+    h->inline_io = OnFuse(h->fd.get());
     reply.Ok(OpenResult{handles_.Add(std::move(h)), FileOpenFlags()});
   }
 
@@ -301,6 +304,7 @@ class PassthroughFs final : public PassthroughBackend {
     auto h = std::make_shared<Handle>();
     h->inode = inodes_.Get(r.entry.node_id);
     h->fd = std::move(fd);
+    h->inline_io = OnFuse(h->fd.get());
     r.open = OpenResult{handles_.Add(std::move(h)), FileOpenFlags()};
     reply.Ok(r);
   }
@@ -328,11 +332,11 @@ class PassthroughFs final : public PassthroughBackend {
     auto h = handles_.Get(req.handle);
     if (!h) return reply.Error(EBADF);
     auto iov = reply.buffers();
-    EngineOf(ctx).Readv(h->fd.get(), iov, static_cast<int64_t>(req.offset),
-                        [h, r = std::move(reply)](int64_t n) mutable {
-                          if (n < 0) return r.Error(static_cast<int>(-n));
-                          r.Ok(static_cast<uint32_t>(n));  // Short: end of file.
-                        });
+    DataEngine(ctx, *h).Readv(h->fd.get(), iov, static_cast<int64_t>(req.offset),
+                              [h, r = std::move(reply)](int64_t n) mutable {
+                                if (n < 0) return r.Error(static_cast<int>(-n));
+                                r.Ok(static_cast<uint32_t>(n));  // Short: end of file.
+                              });
   }
 
   void Write(const RequestContext& ctx, uint64_t, const WriteRequest& req,
@@ -344,12 +348,12 @@ class PassthroughFs final : public PassthroughBackend {
     ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
     if (!creds.ok()) return reply.Error(creds.error());
     const bool kill = (req.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
-    EngineOf(ctx).Writev(h->fd.get(), req.data, static_cast<int64_t>(req.offset),
-                         [this, h, kill, r = std::move(reply)](int64_t n) mutable {
-                           if (n < 0) return r.Error(static_cast<int>(-n));
-                           if (kill) KillSuidGid(*h);
-                           r.Ok(static_cast<uint32_t>(n));
-                         });
+    DataEngine(ctx, *h).Writev(h->fd.get(), req.data, static_cast<int64_t>(req.offset),
+                               [this, h, kill, r = std::move(reply)](int64_t n) mutable {
+                                 if (n < 0) return r.Error(static_cast<int>(-n));
+                                 if (kill) KillSuidGid(*h);
+                                 r.Ok(static_cast<uint32_t>(n));
+                               });
   }
 
   void Flush(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
@@ -368,7 +372,7 @@ class PassthroughFs final : public PassthroughBackend {
              Reply<void> reply) override {
     auto h = handles_.Get(handle);
     if (!h) return reply.Error(EBADF);
-    EngineOf(ctx).Fsync(h->fd.get(), datasync, [h, r = std::move(reply)](int64_t n) mutable {
+    DataEngine(ctx, *h).Fsync(h->fd.get(), datasync, [h, r = std::move(reply)](int64_t n) mutable {
       if (n < 0) return r.Error(static_cast<int>(-n));
       r.Ok();
     });
@@ -462,6 +466,17 @@ class PassthroughFs final : public PassthroughBackend {
   IoEngine& EngineOf(const RequestContext& ctx) const {
     auto* e = dynamic_cast<EngineContext*>(ctx.queue);
     return e ? *e->engine() : *sync_engine_;
+  }
+  // The engine for a handle's data. io_uring re-reads a short read of a FUSE
+  // file opened with direct I/O at the same offset (seen on Linux 6.18: the
+  // guest got the file's head repeated to fill its buffer), so files on FUSE
+  // (a host FUSE mount inside the share) are read and written inline.
+  IoEngine& DataEngine(const RequestContext& ctx, const Handle& h) const {
+    return h.inline_io ? *sync_engine_ : EngineOf(ctx);
+  }
+  static bool OnFuse(int fd) {
+    struct statfs s;
+    return fstatfs(fd, &s) == 0 && s.f_type == FUSE_SUPER_MAGIC;
   }
 
   std::string ProcName(const Inode& inode) const { return std::to_string(inode.fd.get()); }
