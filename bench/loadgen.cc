@@ -147,11 +147,12 @@ struct Row {
   int queues = 0;
   std::string target;
   double ops = 0, mbs = 0, p50 = 0, p99 = 0;
+  double cpu_us = 0;  // Server CPU time (all threads, user + system) per operation.
 };
 
 void PrintRow(const Row& r) {
-  std::printf("%s,%d,%d,%s,%.1f,%.2f,%.1f,%.1f\n", r.workload.c_str(), r.depth, r.queues,
-              r.target.c_str(), r.ops, r.mbs, r.p50, r.p99);
+  std::printf("%s,%d,%d,%s,%.1f,%.2f,%.1f,%.1f,%.2f\n", r.workload.c_str(), r.depth, r.queues,
+              r.target.c_str(), r.ops, r.mbs, r.p50, r.p99, r.cpu_us);
   std::fflush(stdout);
 }
 
@@ -159,19 +160,24 @@ void PrintRow(const Row& r) {
 struct Sample {
   uint64_t ops = 0;
   uint64_t bytes = 0;
+  uint64_t entries = 0;  // readdirplus-10k: directory entries received.
   std::vector<double> lat_us;
 };
 
-Row Summarize(std::vector<Sample>& samples, double seconds) {
+// readdirplus-10k counts listings by the entries received (10,000 = one
+// listing), so that a window shorter than 16 concurrent listings still
+// measures; its latencies are those of whole listings ending in the window.
+Row Summarize(std::vector<Sample>& samples, double seconds, bool by_entries) {
   Row r;
   std::vector<double> all;
-  uint64_t ops = 0, bytes = 0;
+  uint64_t ops = 0, bytes = 0, entries = 0;
   for (auto& s : samples) {
     ops += s.ops;
     bytes += s.bytes;
+    entries += s.entries;
     all.insert(all.end(), s.lat_us.begin(), s.lat_us.end());
   }
-  r.ops = ops / seconds;
+  r.ops = by_entries ? entries / static_cast<double>(kBigDir) / seconds : ops / seconds;
   r.mbs = bytes / seconds / (1 << 20);
   auto pct = [&](double p) {
     if (all.empty()) return 0.0;
@@ -183,6 +189,43 @@ Row Summarize(std::vector<Sample>& samples, double seconds) {
   r.p99 = pct(0.99);
   return r;
 }
+
+// CPU time of every thread of `pid` so far, in ns (schedstat: on-CPU time),
+// or of this process when pid <= 0.
+uint64_t CpuNs(int pid) {
+  if (pid <= 0) {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + ts.tv_nsec;
+  }
+  uint64_t total = 0;
+  const std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = opendir(tasks.c_str());
+  if (d == nullptr) return 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream in(tasks + "/" + e->d_name + "/schedstat");
+    uint64_t ns = 0;
+    if (in >> ns) total += ns;
+  }
+  closedir(d);
+  return total;
+}
+
+// Samples CpuNs(pid) at `from` and `until` (the measuring window).
+struct CpuWindow {
+  uint64_t ns = 0;
+  void Measure(int pid, Clock::time_point from, Clock::time_point until) {
+    std::this_thread::sleep_until(from);
+    const uint64_t a = CpuNs(pid);
+    std::this_thread::sleep_until(until);
+    ns = CpuNs(pid) - a;
+  }
+  double PerOp(const Row& r, double seconds) const {
+    const double ops = r.ops * seconds;
+    return ops > 0 ? ns / 1000.0 / ops : 0;
+  }
+};
 
 Row MedianRow(std::vector<Row> reps) {
   std::sort(reps.begin(), reps.end(), [](const Row& a, const Row& b) { return a.ops < b.ops; });
@@ -231,7 +274,7 @@ class QueueDriver {
   void Submit(Slot& s, const std::string& w);
   // A reply for `s` arrived (`len` bytes). Returns true when the slot's
   // operation is complete.
-  bool Complete(Slot& s, const std::string& w, uint32_t len, uint64_t* bytes);
+  bool Complete(Slot& s, const std::string& w, uint32_t len, uint64_t* bytes, uint64_t* entries);
   void Forget(uint64_t nodeid);
 
   Session* s_;
@@ -434,7 +477,8 @@ void QueueDriver::Forget(uint64_t nodeid) {
   if (hq.DeviceWantsKick(old)) s_->fe->Kick(0);
 }
 
-bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t* bytes) {
+bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t* bytes,
+                           uint64_t* entries) {
   if (len < sizeof(fuse_out_header)) Die("reply shorter than a header");
   fuse_out_header oh;
   std::memcpy(&oh, Host(s.reply), sizeof oh);
@@ -516,6 +560,7 @@ bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t
         s.offset = d.dirent.off;
         pos += FUSE_DIRENTPLUS_SIZE(&d);
         ++s.entries;
+        ++*entries;
       }
       return false;
     }
@@ -573,8 +618,8 @@ void QueueDriver::Run(const std::string& w, int depth, Clock::time_point measure
       if (idx < 0) Die("used element for an unknown head");
       slot_of_head_[u->id] = -1;
       Slot& s = slots_[idx];
-      uint64_t bytes = 0;
-      const bool done = Complete(s, w, u->len, &bytes);
+      uint64_t bytes = 0, entries = 0;
+      const bool done = Complete(s, w, u->len, &bytes, &entries);
       if (!error.empty()) return;
       if (done) {
         s.op_started = false;
@@ -589,7 +634,10 @@ void QueueDriver::Run(const std::string& w, int depth, Clock::time_point measure
         }
       } else {
         const auto t = Clock::now();
-        if (t >= measure_from && t <= until) sample_.bytes += bytes;  // readdir pages.
+        if (t >= measure_from && t <= until) {  // READDIRPLUS pages.
+          sample_.bytes += bytes;
+          sample_.entries += entries;
+        }
       }
       ready.push_back(idx);
     }
@@ -674,7 +722,7 @@ struct Options {
 // A listing of 10,000 entries takes tens of milliseconds: its window is at
 // least 0.5 s, so that even --quick completes several.
 double WindowSeconds(const Options& o, const std::string& w) {
-  return w == "readdirplus-10k" ? std::max(o.seconds, 0.5) : o.seconds;
+  return w == "readdirplus-10k" ? std::max(o.seconds, 1.0) : o.seconds;
 }
 
 std::vector<std::string> Split(const std::string& s) {
@@ -789,17 +837,20 @@ int RunDaemon(const Options& o) {
           QueueDriver* d = qd.get();
           threads.emplace_back([&, d, depth] { d->Run(w, depth, from, until); });
         }
+        CpuWindow cpu;
+        cpu.Measure(o.pid, from, until);
         for (auto& t : threads) t.join();
         std::vector<Sample> samples;
         for (auto& qd : s.queues) {
           if (!qd->error.empty()) Die(o.target + " " + w + ": " + qd->error);
           samples.push_back(std::move(qd->sample()));
         }
-        Row r = Summarize(samples, seconds);
+        Row r = Summarize(samples, seconds, w == "readdirplus-10k");
         r.workload = w;
         r.depth = depth;
         r.queues = o.queues;
         r.target = o.target;
+        r.cpu_us = o.pid > 0 ? cpu.PerOp(r, seconds) : 0;
         reps.push_back(r);
         for (size_t i = 0; i < fhs.size(); ++i) Release(s, fh_nodes[i], fhs[i]);
       }
@@ -833,8 +884,8 @@ class LimitWorker {
     for (int fd : {root_, data_path_, data_, wfile_, names_, big_, cu_}) close(fd);
   }
 
-  // Returns payload bytes.
-  uint64_t Op(const std::string& w) {
+  // Returns payload bytes; counts directory entries in *entries.
+  uint64_t Op(const std::string& w, uint64_t* entries) {
     struct stat st;
     if (w == "getattr") {
       if (fstatat(data_path_, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) Die("fstatat");
@@ -897,6 +948,7 @@ class LimitWorker {
           pos += d->d_reclen;
           if (std::strcmp(d->d_name, ".") == 0 || std::strcmp(d->d_name, "..") == 0) continue;
           if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) Die("fstatat entry");
+          ++*entries;
         }
       }
       close(fd);
@@ -937,22 +989,27 @@ int RunLimit(const Options& o) {
             for (;;) {
               const auto t0 = Clock::now();
               if (t0 >= until) break;
-              const uint64_t bytes = worker.Op(w);
+              uint64_t entries = 0;
+              const uint64_t bytes = worker.Op(w, &entries);
               const auto t1 = Clock::now();
               if (t0 >= from && t1 <= until) {
                 ++s.ops;
                 s.bytes += bytes;
+                s.entries += entries;
                 s.lat_us.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
               }
             }
           });
         }
+        CpuWindow cpu;
+        cpu.Measure(0, from, until);
         for (auto& t : threads) t.join();
-        Row r = Summarize(samples, seconds);
+        Row r = Summarize(samples, seconds, w == "readdirplus-10k");
         r.workload = w;
         r.depth = depth;
         r.queues = o.queues;
         r.target = o.target;
+        r.cpu_us = cpu.PerOp(r, seconds);
         reps.push_back(r);
       }
       PrintRow(MedianRow(reps));
@@ -991,7 +1048,8 @@ int Report(const std::string& csv, bool markdown, const std::string& plot_data) 
           std::stod(f[4]),
           std::stod(f[5]),
           std::stod(f[6]),
-          std::stod(f[7])};
+          std::stod(f[7]),
+          f.size() > 8 ? std::stod(f[8]) : 0.0};
     int wi = static_cast<int>(std::find(kWorkloads.begin(), kWorkloads.end(), r.workload) -
                               kWorkloads.begin());
     table[{r.queues, wi, r.depth}][r.target] = r;
@@ -1010,13 +1068,13 @@ int Report(const std::string& csv, bool markdown, const std::string& plot_data) 
   if (markdown) {
     std::printf(
         "| workload | qd | q | ours-uring | ours-sync | virtiofsd-c | limit | uring/C | "
-        "uring/limit | p50/p99 µs uring | p50/p99 µs C |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+        "uring/limit | p50/p99 µs uring | p50/p99 µs C | CPU µs/op uring/C/limit |\n");
+    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   } else {
-    std::printf("%-16s%s%3s%s%2s%s%10s%s%10s%s%11s%s%10s%s%7s%s%11s%s%15s%s%15s\n", "workload", sep,
-                "qd", sep, "q", sep, "ours-uring", sep, "ours-sync", sep, "virtiofsd-c", sep,
-                "limit", sep, "uring/C", sep, "uring/limit", sep, "p50/p99 uring", sep,
-                "p50/p99 C");
+    std::printf("%-16s%s%3s%s%2s%s%10s%s%10s%s%11s%s%10s%s%7s%s%11s%s%15s%s%15s%s%s\n", "workload",
+                sep, "qd", sep, "q", sep, "ours-uring", sep, "ours-sync", sep, "virtiofsd-c", sep,
+                "limit", sep, "uring/C", sep, "uring/limit", sep, "p50/p99 uring", sep, "p50/p99 C",
+                sep, "CPU us/op uring/C/limit");
   }
   for (auto& [key, m] : table) {
     auto [queues, wi, depth] = key;
@@ -1035,19 +1093,27 @@ int Report(const std::string& csv, bool markdown, const std::string& plot_data) 
       std::snprintf(b, sizeof b, "%.0f/%.0f", it->second.p50, it->second.p99);
       return b;
     };
+    auto cpu = [&](const std::string& t) -> std::string {
+      auto it = m.find(t);
+      if (it == m.end()) return "-";
+      char b[32];
+      std::snprintf(b, sizeof b, "%.1f", it->second.cpu_us);
+      return b;
+    };
+    const std::string cpus = cpu("ours-uring") + "/" + cpu("virtiofsd-c") + "/" + cpu("limit");
     if (markdown) {
-      std::printf("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", w.c_str(), depth,
-                  queues, cells[0].c_str(), cells[1].c_str(), cells[2].c_str(), cells[3].c_str(),
-                  ratio(m, "ours-uring", "virtiofsd-c").c_str(),
+      std::printf("| %s | %d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w.c_str(),
+                  depth, queues, cells[0].c_str(), cells[1].c_str(), cells[2].c_str(),
+                  cells[3].c_str(), ratio(m, "ours-uring", "virtiofsd-c").c_str(),
                   ratio(m, "ours-uring", "limit").c_str(), lat("ours-uring").c_str(),
-                  lat("virtiofsd-c").c_str());
+                  lat("virtiofsd-c").c_str(), cpus.c_str());
     } else {
-      std::printf("%-16s%s%3d%s%2d%s%10s%s%10s%s%11s%s%10s%s%7s%s%11s%s%15s%s%15s\n", w.c_str(),
+      std::printf("%-16s%s%3d%s%2d%s%10s%s%10s%s%11s%s%10s%s%7s%s%11s%s%15s%s%15s%s%s\n", w.c_str(),
                   sep, depth, sep, queues, sep, cells[0].c_str(), sep, cells[1].c_str(), sep,
                   cells[2].c_str(), sep, cells[3].c_str(), sep,
                   ratio(m, "ours-uring", "virtiofsd-c").c_str(), sep,
                   ratio(m, "ours-uring", "limit").c_str(), sep, lat("ours-uring").c_str(), sep,
-                  lat("virtiofsd-c").c_str());
+                  lat("virtiofsd-c").c_str(), sep, cpus.c_str());
     }
   }
   if (!plot_data.empty()) {
