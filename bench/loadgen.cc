@@ -867,7 +867,14 @@ int RunDaemon(const Options& o) {
 // One operation of `w` on the host, as a passthrough daemon issues it.
 class LimitWorker {
  public:
-  LimitWorker(const std::string& dir, int id) : dir_(dir), id_(id), rng_(id) {
+  // `depth` buffers of 1 MiB in a memfd mapping, used in turn: the same
+  // kind and amount of destination memory as guest RAM at that depth.
+  LimitWorker(const std::string& dir, int id, int depth)
+      : dir_(dir),
+        id_(id),
+        rng_(id),
+        ram_(GuestRam::CreateOrDie(depth * (1ull << 20))),
+        buffers_(depth) {
     root_ = open(dir.c_str(), O_PATH | O_DIRECTORY);
     data_path_ = open((dir + "/data").c_str(), O_PATH);
     data_ = open((dir + "/data").c_str(), O_RDONLY);
@@ -877,7 +884,7 @@ class LimitWorker {
     cu_ = open((dir + "/cu").c_str(), O_PATH | O_DIRECTORY);
     if (root_ < 0 || data_path_ < 0 || data_ < 0 || wfile_ < 0 || names_ < 0 || big_ < 0 || cu_ < 0)
       Die("limit: open the fixture in " + dir + " (run prepare)");
-    buf_.resize(1 << 20);
+    ram_->Fill(0, 1, depth * (1ull << 20));  // Faulted in, as the guest's buffers are.
     dents_.resize(kReaddirSize);
   }
   ~LimitWorker() {
@@ -909,19 +916,19 @@ class LimitWorker {
     }
     if (w == "read-4k-rand") {
       const off_t off = static_cast<off_t>((rng_() % (kDataSize / 4096)) * 4096);
-      if (pread(data_, buf_.data(), 4096, off) != 4096) Die("pread");
+      if (pread(data_, Buffer(), 4096, off) != 4096) Die("pread");
       return 4096;
     }
     if (w == "read-64k-seq" || w == "read-1m-seq") {
       const size_t size = Bytes(w);
-      if (pread(data_, buf_.data(), size, static_cast<off_t>(pos_ % kDataSize)) !=
+      if (pread(data_, Buffer(), size, static_cast<off_t>(pos_ % kDataSize)) !=
           static_cast<ssize_t>(size))
         Die("pread");
       pos_ += size;
       return size;
     }
     if (w == "write-1m-seq") {
-      if (pwrite(wfile_, buf_.data(), 1 << 20, static_cast<off_t>(pos_ % kWriteWrap)) != 1 << 20)
+      if (pwrite(wfile_, Buffer(), 1 << 20, static_cast<off_t>(pos_ % kWriteWrap)) != 1 << 20)
         Die("pwrite");
       pos_ += 1 << 20;
       return 1 << 20;
@@ -962,7 +969,13 @@ class LimitWorker {
   int id_;
   std::mt19937_64 rng_;
   int root_, data_path_, data_, wfile_, names_, big_, cu_;
-  std::vector<char> buf_;
+  char* Buffer() {
+    next_ = (next_ + 1) % buffers_;
+    return reinterpret_cast<char*>(ram_->Host(next_ * (1ull << 20)));
+  }
+  std::unique_ptr<GuestRam> ram_;
+  int buffers_;
+  int next_ = 0;
   std::vector<char> dents_;
   uint64_t pos_ = 0;
   uint64_t seq_ = 0;
@@ -983,7 +996,7 @@ int RunLimit(const Options& o) {
                                       std::chrono::duration<double>(seconds));
         for (int t = 0; t < o.queues; ++t) {
           threads.emplace_back([&, t] {
-            LimitWorker worker(o.dir, t);
+            LimitWorker worker(o.dir, t, depth);
             Sample& s = samples[t];
             s.lat_us.reserve(1 << 20);
             for (;;) {
