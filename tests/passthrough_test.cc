@@ -1,6 +1,8 @@
 // PassthroughBackend through the FUSE session, against a temporary host
 // directory: what the guest sees matches what the host has, errors are
 // exact, and nothing reaches outside the shared directory.
+#include "virtiofs/passthrough.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -8,6 +10,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
@@ -15,10 +18,9 @@
 #include <set>
 #include <string>
 
-#include "tests/support/host_files.h"
 #include "tests/support/fuse_harness.h"
 #include "tests/support/fuse_request.h"
-#include "virtiofs/passthrough.h"
+#include "tests/support/host_files.h"
 
 namespace virtiofs {
 namespace {
@@ -47,8 +49,8 @@ struct Env {
   }
   FuseReply Call(uint32_t opcode, uint64_t node, const FuseBody& body = FuseBody(),
                  uint32_t reply = 4096, uint32_t uid = 0, uint32_t gid = 0) {
-    return harness->Call(
-        BuildRequest(opcode, harness->NextUnique(), node, body.bytes(), uid, gid), reply);
+    return harness->Call(BuildRequest(opcode, harness->NextUnique(), node, body.bytes(), uid, gid),
+                         reply);
   }
   fuse_entry_out Lookup(uint64_t parent, std::string_view name) {
     auto r = harness->Call(BuildLookup(harness->NextUnique(), parent, name));
@@ -220,8 +222,7 @@ TEST_CASE("create, write, read back, truncate, release") {
 
   // O_EXCL on an existing name.
   fuse_create_in excl{O_RDWR | O_CREAT | O_EXCL, S_IFREG | 0600, 0, 0};
-  CHECK(e.Call(FUSE_CREATE, FUSE_ROOT_ID, FuseBody().Add(excl).Name("new.bin")).error() ==
-        -EEXIST);
+  CHECK(e.Call(FUSE_CREATE, FUSE_ROOT_ID, FuseBody().Add(excl).Name("new.bin")).error() == -EEXIST);
 }
 
 TEST_CASE("directories: mkdir, readdir, readdirplus, rename, rmdir") {
@@ -291,15 +292,94 @@ TEST_CASE("directories: mkdir, readdir, readdirplus, rename, rmdir") {
   CHECK(fs::exists(e.dir / "moved"));
   fuse_rename2_in rn2{FUSE_ROOT_ID, RENAME_NOREPLACE, 0};
   WriteFile(e.dir / "other", "y");
-  CHECK(e.Call(FUSE_RENAME2, FUSE_ROOT_ID, FuseBody().Add(rn2).Name("moved").Name("other"))
-            .error() == -EEXIST);
+  CHECK(
+      e.Call(FUSE_RENAME2, FUSE_ROOT_ID, FuseBody().Add(rn2).Name("moved").Name("other")).error() ==
+      -EEXIST);
   fuse_rename2_in ex{FUSE_ROOT_ID, RENAME_EXCHANGE, 0};
-  CHECK(e.Call(FUSE_RENAME2, FUSE_ROOT_ID, FuseBody().Add(ex).Name("moved").Name("other"))
-            .error() == 0);
+  CHECK(
+      e.Call(FUSE_RENAME2, FUSE_ROOT_ID, FuseBody().Add(ex).Name("moved").Name("other")).error() ==
+      0);
   CHECK(ReadFile(e.dir / "moved") == "y");
   CHECK(e.Call(FUSE_UNLINK, FUSE_ROOT_ID, FuseBody().Name("moved")).error() == 0);
   CHECK(e.Call(FUSE_UNLINK, FUSE_ROOT_ID, FuseBody().Name("moved")).error() == -ENOENT);
   CHECK(e.Call(FUSE_UNLINK, FUSE_ROOT_ID, FuseBody().Name("d")).error() == -EISDIR);
+}
+
+// READDIR keeps what it read from the host between calls (as a DIR*
+// stream): going on where the last call stopped, going back to 0, or to any
+// earlier offset must give exactly what a fresh seek there gives.
+TEST_CASE("readdir: one handle, continued, rewound and re-read at an earlier offset") {
+  Env e;
+  fuse_mkdir_in m{0755, 0};
+  auto r = e.Call(FUSE_MKDIR, FUSE_ROOT_ID, FuseBody().Add(m).Name("d"));
+  REQUIRE(r.error() == 0);
+  const uint64_t d = r.BodyAs<fuse_entry_out>()->nodeid;
+  std::set<std::string> names = {".", ".."};
+  for (int i = 0; i < 1000; ++i) {
+    std::string n = "entry-with-a-longer-name-" + std::to_string(i);
+    WriteFile(e.dir / ("d/" + n), "");
+    names.insert(n);
+  }
+  fuse_open_in o{O_RDONLY, 0};
+  auto od = e.Call(FUSE_OPENDIR, d, FuseBody().Add(o));
+  REQUIRE(od.error() == 0);
+  const uint64_t fh = od.BodyAs<fuse_open_out>()->fh;
+  // One page of entries at `offset`: (name, next offset) pairs.
+  auto page = [&](uint64_t offset, uint32_t size) {
+    fuse_read_in rd{};
+    rd.fh = fh;
+    rd.offset = offset;
+    rd.size = size;
+    auto dr = e.Call(FUSE_READDIR, d, FuseBody().Add(rd), 16 + size);
+    REQUIRE(dr.error() == 0);
+    std::vector<std::pair<std::string, uint64_t>> out;
+    for (size_t pos = 0; pos < dr.body.size();) {
+      auto* de = reinterpret_cast<const fuse_dirent*>(dr.body.data() + pos);
+      out.emplace_back(std::string(de->name, de->namelen), de->off);
+      pos += FUSE_DIRENT_SIZE(de);
+    }
+    return out;
+  };
+  // The whole listing in small pages, remembering where each page began.
+  auto list_all = [&](uint32_t size, std::vector<uint64_t>* starts) {
+    std::multiset<std::string> seen;
+    uint64_t offset = 0;
+    for (int rounds = 0; rounds < 5000; ++rounds) {
+      if (starts) starts->push_back(offset);
+      auto p = page(offset, size);
+      if (p.empty()) break;
+      for (auto& [n, off] : p) {
+        seen.insert(n);
+        offset = off;
+      }
+    }
+    return seen;
+  };
+  std::vector<uint64_t> starts;
+  auto first = list_all(512, &starts);
+  CHECK(std::set<std::string>(first.begin(), first.end()) == names);
+  CHECK(first.size() == names.size());  // Each entry once.
+  REQUIRE(starts.size() > 20);
+  // Rewound to 0 on the same handle: everything again, once.
+  auto second = list_all(4096, nullptr);
+  CHECK(second.size() == names.size());
+  CHECK(std::set<std::string>(second.begin(), second.end()) == names);
+  // Pages read again out of order give what they gave the first time.
+  const uint64_t a = starts[7], b = starts[3];
+  auto pa = page(a, 512);
+  auto pb = page(b, 512);
+  auto pa2 = page(a, 512);
+  CHECK(!pa.empty());
+  CHECK(pa == pa2);
+  CHECK(pb != pa);
+  // Continued from the end of pb: the page that follows it.
+  auto next = page(pb.back().second, 512);
+  REQUIRE(!next.empty());
+  CHECK(next == page(pb.back().second, 512));
+  CHECK(std::find_if(pb.begin(), pb.end(), [&](auto& x) { return x.first == next[0].first; }) ==
+        pb.end());
+  fuse_release_in rel{fh, 0, 0, 0};
+  CHECK(e.Call(FUSE_RELEASEDIR, d, FuseBody().Add(rel)).error() == 0);
 }
 
 TEST_CASE("symlinks, readlink, hard links, mknod, statfs, setattr") {

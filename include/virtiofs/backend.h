@@ -57,7 +57,9 @@ class QueueContext {
  public:
   virtual ~QueueContext() = default;
   // The worker polls this fd (-1: none) and calls Process() on its thread
-  // when it is readable (e.g. reaping completions that answer replies).
+  // when it is readable (e.g. reaping completions that answer replies). It
+  // also calls Process() right after Flush() and while it polls for work,
+  // readable or not: Process() must not block.
   virtual int fd() const = 0;
   virtual void Process() = 0;
   // Called by the worker after each batch of requests (e.g. submitting what
@@ -86,8 +88,8 @@ struct RequestContext {
 // Attributes of a node, with how long the guest may cache them.
 struct Attributes {
   struct stat st {};
-  double timeout = 1.0;    // Seconds.
-  uint32_t flags = 0;      // FUSE_ATTR_SUBMOUNT, FUSE_ATTR_DAX.
+  double timeout = 1.0;  // Seconds.
+  uint32_t flags = 0;    // FUSE_ATTR_SUBMOUNT, FUSE_ATTR_DAX.
 };
 
 // The answer to a lookup-like request.
@@ -253,8 +255,8 @@ struct ReadRequest {
   uint64_t handle = 0;
   uint64_t offset = 0;
   uint32_t size = 0;
-  uint32_t flags = 0;        // open flags
-  uint32_t read_flags = 0;   // FUSE_READ_LOCKOWNER
+  uint32_t flags = 0;       // open flags
+  uint32_t read_flags = 0;  // FUSE_READ_LOCKOWNER
   uint64_t lock_owner = 0;
 };
 
@@ -262,8 +264,8 @@ struct WriteRequest {
   uint64_t handle = 0;
   uint64_t offset = 0;
   uint32_t size = 0;
-  uint32_t flags = 0;         // open flags
-  uint32_t write_flags = 0;   // FUSE_WRITE_CACHE, FUSE_WRITE_LOCKOWNER, FUSE_WRITE_KILL_SUIDGID
+  uint32_t flags = 0;        // open flags
+  uint32_t write_flags = 0;  // FUSE_WRITE_CACHE, FUSE_WRITE_LOCKOWNER, FUSE_WRITE_KILL_SUIDGID
   uint64_t lock_owner = 0;
   std::span<const iovec> data;  // `size` bytes of guest memory.
 };
@@ -326,8 +328,7 @@ class Backend {
                       Reply<void> reply);
   virtual void Link(const RequestContext& ctx, uint64_t node, uint64_t new_parent,
                     std::string_view new_name, Reply<Entry> reply);
-  virtual void Access(const RequestContext& ctx, uint64_t node, uint32_t mask,
-                      Reply<void> reply);
+  virtual void Access(const RequestContext& ctx, uint64_t node, uint32_t mask, Reply<void> reply);
   virtual void StatFs(const RequestContext& ctx, uint64_t node, Reply<struct statvfs> reply);
 
   // ---- files ----
@@ -344,15 +345,14 @@ class Backend {
   // Ok(n): n bytes of req.data were written.
   virtual void Write(const RequestContext& ctx, uint64_t node, const WriteRequest& req,
                      Reply<uint32_t> reply);
-  virtual void Flush(const RequestContext& ctx, uint64_t node, uint64_t handle,
-                     uint64_t lock_owner, Reply<void> reply);
-  virtual void Release(const RequestContext& ctx, uint64_t node, uint64_t handle,
-                       uint32_t flags, uint32_t release_flags, uint64_t lock_owner,
-                       Reply<void> reply);
+  virtual void Flush(const RequestContext& ctx, uint64_t node, uint64_t handle, uint64_t lock_owner,
+                     Reply<void> reply);
+  virtual void Release(const RequestContext& ctx, uint64_t node, uint64_t handle, uint32_t flags,
+                       uint32_t release_flags, uint64_t lock_owner, Reply<void> reply);
   virtual void Fsync(const RequestContext& ctx, uint64_t node, uint64_t handle, bool datasync,
                      Reply<void> reply);
-  virtual void Fallocate(const RequestContext& ctx, uint64_t node, uint64_t handle,
-                         uint64_t offset, uint64_t length, uint32_t mode, Reply<void> reply);
+  virtual void Fallocate(const RequestContext& ctx, uint64_t node, uint64_t handle, uint64_t offset,
+                         uint64_t length, uint32_t mode, Reply<void> reply);
   // Ok(new offset) for SEEK_DATA / SEEK_HOLE (and SEEK_SET/SEEK_CUR/SEEK_END).
   virtual void Lseek(const RequestContext& ctx, uint64_t node, uint64_t handle, uint64_t offset,
                      uint32_t whence, Reply<uint64_t> reply);
@@ -383,10 +383,10 @@ class Backend {
   virtual void OpenDir(const RequestContext& ctx, uint64_t node, uint32_t flags,
                        Reply<OpenResult> reply);
   // `plus`: READDIRPLUS (use DirReply::AddPlus), else READDIR (Add).
-  virtual void ReadDir(const RequestContext& ctx, uint64_t node, uint64_t handle,
-                       uint64_t offset, bool plus, DirReply reply);
-  virtual void ReleaseDir(const RequestContext& ctx, uint64_t node, uint64_t handle,
-                          uint32_t flags, Reply<void> reply);
+  virtual void ReadDir(const RequestContext& ctx, uint64_t node, uint64_t handle, uint64_t offset,
+                       bool plus, DirReply reply);
+  virtual void ReleaseDir(const RequestContext& ctx, uint64_t node, uint64_t handle, uint32_t flags,
+                          Reply<void> reply);
   virtual void FsyncDir(const RequestContext& ctx, uint64_t node, uint64_t handle, bool datasync,
                         Reply<void> reply);
 

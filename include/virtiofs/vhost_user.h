@@ -163,6 +163,9 @@ class Vring {
   bool EnableNotification() { return queue_.EnableNotification(); }
   // Chains popped and not completed yet.
   uint32_t in_flight() const { return in_flight_; }
+  // Whether Pop() would return a chain (or an error) now: resubmissions or
+  // new available entries. Cheap (one load of avail->idx): for polling.
+  bool HasAvailable() { return !resubmit_.empty() || queue_.AvailableCount() > 0; }
   uint16_t last_avail_idx() const { return queue_.last_avail_idx(); }
   // Chains resubmitted from the inflight region at creation.
   size_t resubmitted() const { return resubmit_count_; }
@@ -200,8 +203,8 @@ class Vring {
   vhost_user::InflightQueueSplit* inflight_ = nullptr;
   vhost_user::InflightDescSplit* inflight_desc_ = nullptr;
   uint64_t inflight_counter_ = 0;
-  std::vector<uint16_t> batch_;      // Heads completed since the last Flush.
-  std::vector<uint16_t> resubmit_;   // In-flight heads from a previous back-end, oldest last.
+  std::vector<uint16_t> batch_;     // Heads completed since the last Flush.
+  std::vector<uint16_t> resubmit_;  // In-flight heads from a previous back-end, oldest last.
   size_t resubmit_count_ = 0;
   uint32_t in_flight_ = 0;
   uint16_t logged_used_idx_ = 0;

@@ -35,6 +35,11 @@ struct VirtioFsDeviceOptions {
   uint32_t num_request_queues = 1;
   // Largest queue size accepted (a power of two, at most 32768).
   uint32_t max_queue_size = 1024;
+  // After a batch of requests, how long (microseconds) a queue's worker
+  // keeps polling the ring for more before it re-enables kicks and sleeps:
+  // under load the driver then need not kick (a VM exit each) and the worker
+  // need not be woken; an idle guest costs nothing. 0 disables it.
+  uint32_t poll_us = 0;
   // FUSE session settings; max_pages is further limited by the request
   // queues' size, as the Linux driver does (queue size - 4 descriptors).
   FuseSessionOptions fuse;
@@ -46,7 +51,7 @@ class VirtioFsDevice : public VhostUserDevice {
   // request queues, or a bad maximum queue size. `backend` must outlive the
   // device.
   static absl::StatusOr<std::unique_ptr<VirtioFsDevice>> Create(Backend* backend,
-                                                                 VirtioFsDeviceOptions options);
+                                                                VirtioFsDeviceOptions options);
   ~VirtioFsDevice() override;
 
   uint32_t NumQueues() const override { return 1 + options_.num_request_queues; }

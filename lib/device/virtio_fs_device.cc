@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -40,14 +41,17 @@ void Drain(int fd) {
 // threads are queued and handed over through `wake_`.
 class VirtioFsDevice::Worker : public CompletionSink {
  public:
-  Worker(FuseSession* session, Backend* backend, Vring* vring)
+  Worker(FuseSession* session, Backend* backend, Vring* vring, uint32_t poll_us)
       : session_(session),
         backend_(backend),
         vring_(vring),
         stop_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
-        wake_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
+        wake_(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
+        poll_(std::chrono::microseconds(poll_us)) {}
 
-  void Start() { thread_ = std::thread([this] { Run(); }); }
+  void Start() {
+    thread_ = std::thread([this] { Run(); });
+  }
 
   // Returns once every request the worker popped has been answered.
   void Stop() {
@@ -94,7 +98,9 @@ class VirtioFsDevice::Worker : public CompletionSink {
   }
 
   // Pops and runs every available chain, with kick suppression around it
-  // (VIRTIO 1.2 2.7.10): disable, drain, enable, re-check.
+  // (VIRTIO 1.2 2.7.10): disable, drain, enable, re-check. With a poll
+  // window, the worker first keeps looking for more (kicks still off, so
+  // the driver need not kick) before it sleeps.
   void ProcessRing() {
     DescriptorChain chain;
     vring_->DisableNotification();
@@ -115,11 +121,36 @@ class VirtioFsDevice::Worker : public CompletionSink {
         session_->Handle(std::move(chain), this, queue_.get());
         chain = DescriptorChain();
       }
-      if (queue_) queue_->Flush();  // One submission for the whole batch.
+      if (queue_) {
+        queue_->Flush();  // One submission for the whole batch.
+        // What completed at submission (a read from the page cache) is
+        // answered in the same used-ring update.
+        queue_->Process();
+      }
       vring_->Flush();
-      if (broken_ || !vring_->EnableNotification()) break;
+      if (broken_) break;
+      if (PollForMore()) continue;
+      if (!vring_->EnableNotification()) break;
       vring_->DisableNotification();
     }
+  }
+
+  // Spins up to the poll window for new chains, answering I/O completions
+  // meanwhile. True when chains arrived.
+  bool PollForMore() {
+    if (poll_.count() == 0) return false;
+    const auto end = std::chrono::steady_clock::now() + poll_;
+    do {
+      if (vring_->HasAvailable()) return true;
+      if (queue_) {
+        queue_->Process();
+        vring_->Flush();
+      }
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } while (std::chrono::steady_clock::now() < end);
+    return false;
   }
 
   void Run() {
@@ -132,8 +163,7 @@ class VirtioFsDevice::Worker : public CompletionSink {
       if (stopping && vring_->in_flight() == 0) break;
       pollfd fds[4] = {{wake_.get(), POLLIN, 0},
                        {stop_.get(), POLLIN, 0},
-                       {vring_->kick_fd(), static_cast<short>(stopping || broken_ ? 0 : POLLIN),
-                        0},
+                       {vring_->kick_fd(), static_cast<short>(stopping || broken_ ? 0 : POLLIN), 0},
                        {queue_fd, POLLIN, 0}};
       if (poll(fds, queue_fd >= 0 ? 4 : 3, -1) < 0) continue;
       if (queue_fd >= 0 && fds[3].revents) {
@@ -167,6 +197,7 @@ class VirtioFsDevice::Worker : public CompletionSink {
   UniqueFd wake_;
   std::thread thread_;
   std::thread::id worker_id_;
+  std::chrono::nanoseconds poll_;
   bool broken_ = false;
   std::mutex mu_;
   std::vector<std::pair<DescriptorChain, uint32_t>> remote_;
@@ -225,10 +256,11 @@ absl::Status VirtioFsDevice::ReadConfig(uint32_t offset, std::span<uint8_t> out)
 void VirtioFsDevice::StartQueue(Vring& vring) {
   if (vring.index() >= 1 && !session_->initialized()) {
     // A request the guest sends is limited by the queue size, so is max_write.
-    const uint32_t pages = vring.size() > kHeaderDescriptors ? vring.size() - kHeaderDescriptors : 1;
+    const uint32_t pages =
+        vring.size() > kHeaderDescriptors ? vring.size() - kHeaderDescriptors : 1;
     session_->LimitMaxPages(pages);
   }
-  auto worker = std::make_unique<Worker>(session_.get(), backend_, &vring);
+  auto worker = std::make_unique<Worker>(session_.get(), backend_, &vring, options_.poll_us);
   Worker* raw = worker.get();
   {
     std::lock_guard lock(mu_);

@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "virtiofs/fd.h"
@@ -59,6 +60,18 @@ class InodeTable {
   uint64_t next_id_ = 2;  // 1 is FUSE_ROOT_ID.
 };
 
+// What a directory handle read from the host and did not send yet, as a
+// DIR* stream keeps it: a READDIR that goes on where the last one stopped
+// needs no lseek (which makes ext4 rebuild its hash-order walk) and no
+// second getdents64 of the same entries.
+struct DirStream {
+  std::vector<char> buf;  // getdents64 data; [pos, len) not sent yet.
+  size_t pos = 0;
+  size_t len = 0;
+  uint64_t offset = 0;  // The guest's cookie for the entry at `pos`.
+  bool valid = false;   // The fd's position matches [pos, len) and `offset`.
+};
+
 // An open file or directory.
 struct Handle {
   std::shared_ptr<Inode> inode;
@@ -66,7 +79,8 @@ struct Handle {
   // The file is on a FUSE file system: its data goes through the synchronous
   // engine (PassthroughFs::DataEngine says why).
   bool inline_io = false;
-  std::mutex mu;  // Directory position (readdir) and lock waits.
+  std::mutex mu;                   // Directory position (readdir) and lock waits.
+  std::unique_ptr<DirStream> dir;  // Made by the first READDIR, under `mu`.
 };
 
 class HandleTable {

@@ -5,6 +5,8 @@
 // already checked (no '/', not empty, at most NAME_MAX). Files are opened
 // again through /proc/self/fd/N, which reaches exactly the inode the
 // descriptor holds, never a path that a racing rename could redirect.
+#include "virtiofs/passthrough.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -26,7 +28,6 @@
 #include "absl/strings/str_format.h"
 #include "lib/passthrough/passthrough_fs.h"
 #include "virtiofs/log.h"
-#include "virtiofs/passthrough.h"
 
 namespace virtiofs {
 namespace passthrough {
@@ -102,24 +103,40 @@ void PassthroughFs::ReadDir(const RequestContext& ctx, uint64_t, uint64_t handle
   ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
   if (!creds.ok()) return reply.Error(creds.error());
   std::lock_guard lock(h->mu);
+  if (!h->dir) {
+    h->dir = std::make_unique<DirStream>();
+    h->dir->buf.resize(16384);
+  }
+  DirStream& ds = *h->dir;
   // The offsets are the host file system's own cookies (d_off): stable
-  // across calls and across changes to the directory.
-  if (lseek(h->fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) return reply.Error(Errno());
-  alignas(8) char buf[32768];
+  // across calls and across changes to the directory. Where the last call
+  // stopped, the stream goes on; anywhere else, seek.
+  if (!ds.valid || offset != ds.offset) {
+    ds.valid = false;
+    if (lseek(h->fd.get(), static_cast<off_t>(offset), SEEK_SET) < 0) return reply.Error(Errno());
+    ds.pos = ds.len = 0;
+    ds.offset = offset;
+    ds.valid = true;
+  }
   for (;;) {
-    const long n = syscall(SYS_getdents64, h->fd.get(), buf, sizeof buf);
-    if (n < 0) return reply.Error(Errno());
-    if (n == 0) break;
-    for (long pos = 0; pos < n;) {
-      auto* d = reinterpret_cast<struct dirent64*>(buf + pos);
-      pos += d->d_reclen;
-      std::string_view name(d->d_name);
-      const uint64_t next = static_cast<uint64_t>(d->d_off);
-      if (!plus) {
-        if (!reply.Add(name, d->d_ino, d->d_type, next)) return reply.Ok();
-        continue;
+    if (ds.pos >= ds.len) {
+      const long n = syscall(SYS_getdents64, h->fd.get(), ds.buf.data(), ds.buf.size());
+      if (n < 0) {
+        ds.valid = false;
+        return reply.Error(Errno());
       }
+      ds.pos = 0;
+      ds.len = static_cast<size_t>(n);
+      if (n == 0) break;
+    }
+    auto* d = reinterpret_cast<struct dirent64*>(ds.buf.data() + ds.pos);
+    std::string_view name(d->d_name);
+    const uint64_t next = static_cast<uint64_t>(d->d_off);
+    if (!plus) {
+      if (!reply.Add(name, d->d_ino, d->d_type, next)) return reply.Ok();
+    } else {
       Entry e;
+      bool found = true;
       if (name == "." || name == "..") {
         // No lookup for these: the guest ignores their entries.
         e.node_id = 0;
@@ -127,14 +144,16 @@ void PassthroughFs::ReadDir(const RequestContext& ctx, uint64_t, uint64_t handle
         e.attr.st.st_mode = static_cast<mode_t>(DTTOIF(d->d_type));
         e.attr.timeout = 0;
         e.entry_timeout = 0;
-      } else if (int err = DoLookup(*h->inode, name, &e); err != 0) {
-        continue;  // Gone meanwhile.
+      } else if (DoLookup(*h->inode, name, &e) != 0) {
+        found = false;  // Gone meanwhile.
       }
-      if (!reply.AddPlus(name, e, next)) {
+      if (found && !reply.AddPlus(name, e, next)) {
         if (e.node_id != 0) inodes_.Forget(e.node_id, 1);  // Not sent: not counted.
-        return reply.Ok();
+        return reply.Ok();                                 // The entry stays first in the stream.
       }
     }
+    ds.pos += d->d_reclen;
+    ds.offset = next;
   }
   reply.Ok();
 }

@@ -57,6 +57,8 @@ class DriverQueue {
   // return to the free list.
   std::optional<UsedElem> PopUsed();
   uint16_t used_idx() const;
+  // How many used elements PopUsed consumed (the driver's last_used_idx).
+  uint16_t last_used_idx() const { return last_used_idx_; }
 
   // Raw access for hostile tests.
   void SetDesc(uint16_t index, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next);
