@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
+#include <fmt/format.h>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -187,6 +188,13 @@ int main(int argc, char** argv) {
     pthread_kill(signals.native_handle(), SIGTERM);  // Wakes sigwait if Run ended alone.
     signals.join();
   }
+  // Which queues carried the guest's requests (0 is hiprio): shows whether a
+  // multi-queue guest spread its load.
+  std::string per_queue;
+  for (uint32_t q = 0; q < (*device)->NumQueues(); ++q) {
+    per_queue += fmt::format("{}{}:{}", q == 0 ? "" : " ", q, (*device)->completed(q));
+  }
+  VIRTIOFS_LOG(kInfo, "requests completed per queue: {}", per_queue);
   if (!result.ok()) return Fail(std::string(result.message()));
   return 0;
 }

@@ -215,5 +215,21 @@ TEST_CASE("SIGTERM during a stream of writes: acknowledged fsync'd data is on th
   CHECK_FALSE(fs::exists(s.dir + "/sock"));  // The daemon removed its socket.
 }
 
+TEST_CASE("at exit the daemon logs how many requests each queue completed") {
+  Session s;  // INIT went through request queue 1.
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "missing")).error() ==
+            -ENOENT);
+  }
+  kill(s.daemon->pid(), SIGTERM);
+  auto status = s.daemon->Wait(10000);
+  REQUIRE(status.has_value());
+  CHECK(WIFEXITED(*status));
+  std::ifstream log(s.dir + "/log");
+  const std::string text(std::istreambuf_iterator<char>(log), {});
+  // Nothing on hiprio; INIT and three LOOKUPs on queue 1.
+  CHECK(text.find("requests completed per queue: 0:0 1:4\n") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace virtiofs
