@@ -20,7 +20,8 @@
 //                             take the lock (waiting), create READY, then hold
 //                             until RELEASE exists (polled) or, with -, until
 //                             killed; unlock and create READY.released
-//   wait FILE SECONDS         poll until FILE exists; exit 3 on timeout
+//   wait FILE SECONDS [STOP]  poll until FILE exists; exit 3 on timeout or
+//                             when the file STOP exists
 //   getxattr FILE NAME        print the attribute's value
 #define _GNU_SOURCE
 #include <errno.h>
@@ -279,10 +280,11 @@ static int CmdHold(char **argv) {
   return 0;
 }
 
-static int CmdWait(char **argv) {
+static int CmdWait(int argc, char **argv) {
   int rounds = atoi(argv[1]) * 20;
   for (int i = 0; i < rounds; i++) {
     if (access(argv[0], F_OK) == 0) return 0;
+    if (argc > 2 && access(argv[2], F_OK) == 0) return 3;
     Nap();
   }
   return 3;
@@ -314,7 +316,7 @@ int main(int argc, char **argv) {
   if (!strcmp(cmd, "xattr") && n == 1) return CmdXattr(a);
   if (!strcmp(cmd, "trylock") && n == 2) return CmdTryLock(a);
   if (!strcmp(cmd, "hold") && n == 4) return CmdHold(a);
-  if (!strcmp(cmd, "wait") && n == 2) return CmdWait(a);
+  if (!strcmp(cmd, "wait") && (n == 2 || n == 3)) return CmdWait(n, a);
   if (!strcmp(cmd, "getxattr") && n == 2) return CmdGetXattr(a);
   fprintf(stderr, "e2e-helper: bad command %s\n", cmd);
   return 2;

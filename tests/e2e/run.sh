@@ -83,10 +83,12 @@ echo "${cmd[*]}" >"$out/daemon.cmd"
 pids=()
 cleanup() {
   local p
+  touch "$out/stop"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 # Host processes that hold a lock on a shared file for the whole run.
 for kind in posix flock; do
@@ -98,6 +100,7 @@ done
 # The daemon.
 "${cmd[@]}" >"$out/daemon.log" 2>&1 &
 daemon_pid=$!
+pids+=("$daemon_pid")
 for _ in $(seq 100); do
   [ -S "$socket" ] && break
   kill -0 "$daemon_pid" 2>/dev/null || break
@@ -115,11 +118,11 @@ fi
 watch_guest_lock() {  # watch_guest_lock posix|flock
   local kind=$1 r
   local f=$share/locks/guest-$kind
-  "$helper" wait "$f.ready" "$timeout_s" || return 0  # the guest never got there: its own check says so
+  "$helper" wait "$f.ready" "$timeout_s" "$out/stop" || return 0  # the guest never got there: its own check says so
   r=0
   "$helper" trylock "$kind" "$f" || r=$?
   if [ $r -eq 3 ]; then echo "E2E ok host-sees-guest-$kind-lock"; else echo "E2E FAIL host-sees-guest-$kind-lock host trylock returned $r while the guest held it"; fi
-  "$helper" wait "$f.ready.released" 60 || { echo "E2E FAIL host-lock-free-after-guest-$kind-release guest never released"; return 0; }
+  "$helper" wait "$f.ready.released" 60 "$out/stop" || { echo "E2E FAIL host-lock-free-after-guest-$kind-release guest never released"; return 0; }
   # The guest takes the lock once more right after (its own check) and lets
   # it go on close, which the kernel sends as an asynchronous RELEASE: retry
   # for a while before calling the lock stuck.
@@ -133,6 +136,7 @@ watch_guest_lock() {  # watch_guest_lock posix|flock
 }
 (watch_guest_lock posix; watch_guest_lock flock) >"$out/watcher.log" 2>&1 &
 watcher_pid=$!
+pids+=("$watcher_pid")
 
 mem=1G
 dev=vhost-user-fs-pci,queue-size=1024,chardev=vfs,tag=e2e
@@ -146,12 +150,15 @@ timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
   -kernel "$kdir/vmlinuz" -initrd "$initrd" \
   -append "console=ttyS0 quiet loglevel=3 panic=-1 e2e.tag=e2e e2e.cache=$cache_mode e2e.queues=$queues" \
   -display none -serial "file:$out/console.log" -monitor none -no-reboot -nodefaults \
-  >"$out/qemu.log" 2>&1 || qemu_rc=$?
+  >"$out/qemu.log" 2>&1 &
+qemu_pid=$!
+pids+=("$qemu_pid")
+wait "$qemu_pid" || qemu_rc=$?
 end=$(date +%s.%N)
-wall=$(echo "$end - $start" | bc 2>/dev/null || awk -v a="$start" -v b="$end" 'BEGIN { print b - a }')
+wall=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%d", b - a }')
 
 sleep 0.5
-kill "$watcher_pid" 2>/dev/null || true
+touch "$out/stop"  # ends the watcher's waits
 wait "$watcher_pid" 2>/dev/null || true
 # Stop the daemon (the C virtiofsd exits by itself when QEMU goes away).
 kill -TERM "$daemon_pid" 2>/dev/null || true
@@ -215,7 +222,7 @@ npass=$(grep -c '^E2E ok ' "$results" || true)
 nfail=$(grep -c '^E2E FAIL ' "$results" || true)
 nskip=$(grep -c '^E2E skip ' "$results" || true)
 cat "$results"
-echo "e2e $name: wall ${wall%.*}s, guest uptime at init ${booted:-?}s, at end ${done_up:-?}s"
+echo "e2e $name: wall ${wall}s, guest uptime at init ${booted:-?}s, at end ${done_up:-?}s"
 if [ "$nfail" -gt 0 ]; then
   echo "---- $name: console (last 60 lines of $out/console.txt) ----"
   grep -v '^E2E TREE ' "$out/console.txt" | tail -n 60
