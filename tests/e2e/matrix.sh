@@ -47,7 +47,8 @@ reference=${REFERENCE_VIRTIOFSD:-/usr/lib/qemu/virtiofsd}
 # WHO: ours | both (also the reference, and compare)
 # Not in CI yet: --writeback with the io_uring engine. The host tree check
 # fails there intermittently (a regular file's host mtime a second later than
-# the guest's; the reference daemon and our sync engine pass), see the README.
+# the guest's; the reference daemon and our sync engine pass), see the README
+# ("Known open").
 ci_matrix() {
   cat <<'EOF'
 auto-6.1           bookworm           1 1 auto   -  uring -         both
