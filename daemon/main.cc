@@ -382,6 +382,13 @@ int main(int argc, char** argv) {
   }
   signal_thread.join();
   stats.reset();
+  // Which queues carried the guest's requests (0 is hiprio): shows whether a
+  // multi-queue guest spread its load.
+  std::string per_queue;
+  for (uint32_t q = 0; q < (*device)->NumQueues(); ++q) {
+    per_queue += fmt::format("{}{}:{}", q == 0 ? "" : " ", q, (*device)->completed(q));
+  }
+  VIRTIOFS_LOG(kInfo, "requests completed per queue: {}", per_queue);
   if (!result.ok()) return Fail(result.message());
   return 0;
 }

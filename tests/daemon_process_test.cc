@@ -506,5 +506,22 @@ TEST_CASE("the serving process is locked down as its flags say") {
   CHECK(r.error() == 0);
 }
 
+TEST_CASE("at exit the daemon logs how many requests each queue completed") {
+  Session s;  // INIT went through request queue 1.
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "missing")).error() ==
+            -ENOENT);
+  }
+  kill(s.daemon->pid(), SIGTERM);
+  auto status = s.daemon->Wait(10000);
+  REQUIRE(status.has_value());
+  CHECK(WIFEXITED(*status));
+  std::ifstream log(s.dir + "/log");
+  const std::string text(std::istreambuf_iterator<char>(log), {});
+  // Nothing on hiprio; INIT and three LOOKUPs on queue 1.
+  // (One request queue per host CPU is offered; the others stay idle.)
+  CHECK(text.find("requests completed per queue: 0:0 1:4") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace virtiofs

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_ring.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -125,6 +126,58 @@ TEST_CASE("files written and read through the device on both engines") {
         back.append(rr.body.begin(), rr.body.end());
       }
       CHECK(back == data);
+
+      // WRITE then SETATTR(mtime) in one batch, as the guest's writeback cache
+      // sends them (it does not wait for the WRITE): the time is set after the
+      // data lands, or the host's write would move mtime to now.
+      {
+        fuse_write_in w2{};
+        w2.fh = open.fh;
+        w2.size = static_cast<uint32_t>(data.size());
+        fuse_setattr_in sa{};
+        sa.valid = FATTR_MTIME;
+        sa.mtime = 1000000000;
+        const std::vector<uint8_t> reqs[] = {
+            BuildRequest(FUSE_WRITE, unique += 2, entry.nodeid,
+                         FuseBody().Add(w2).Raw(data).bytes()),
+            BuildRequest(FUSE_SETATTR, unique += 2, entry.nodeid, FuseBody().Add(sa).bytes())};
+        uint64_t reply_gpa[2];
+        uint16_t head[2];
+        if (q.config().event_idx) q.SetUsedEvent(q.used_idx());
+        for (int i = 0; i < 2; ++i) {
+          const uint64_t gpa = q.Alloc(reqs[i].size());
+          ram->Write(gpa, reqs[i].data(), reqs[i].size());
+          reply_gpa[i] = q.Alloc(4096);
+          const DriverQueue::Buffer chain[] = {
+              {gpa, static_cast<uint32_t>(reqs[i].size()), false}, {reply_gpa[i], 4096, true}};
+          auto h = q.AddChainNoPublish(chain);
+          REQUIRE(h);
+          head[i] = *h;
+        }
+        q.Publish();
+        fe.Kick(1);
+        std::vector<DriverQueue::UsedElem> used;
+        for (int waited = 0; used.size() < 2 && waited < 5000; ++waited) {
+          if (auto u = q.PopUsed()) {
+            used.push_back(*u);
+          } else {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+        }
+        REQUIRE(used.size() == 2);
+        for (const auto& u : used) {  // In completion order, not necessarily submission order.
+          const int i = u.id == head[0] ? 0 : 1;
+          REQUIRE(u.id == head[i]);
+          auto r = testing::ReadReply(*ram, reply_gpa[i], u.len);
+          INFO(r.status().message());
+          REQUIRE(r.ok());
+          CHECK(r->error() == 0);
+        }
+        struct stat st {};
+        REQUIRE(stat((share + "/data.bin").c_str(), &st) == 0);
+        CHECK(st.st_mtim.tv_sec == 1000000000);
+        q.ResetAlloc();
+      }
 
       // Errors come back through the engine too.
       fuse_read_in bad{};

@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <poll.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -32,9 +33,25 @@
 namespace virtiofs {
 namespace passthrough {
 
+void PassthroughFs::FinishQueuedIo(const RequestContext& ctx) const {
+  auto* e = dynamic_cast<EngineContext*>(ctx.queue);
+  if (e == nullptr) return;  // Inline I/O: nothing is pending.
+  IoEngine& io = *e->engine();
+  io.Submit();
+  while (io.in_flight() > 0) {
+    pollfd p{io.completion_fd(), POLLIN, 0};
+    if (poll(&p, 1, -1) < 0 && errno != EINTR) {
+      VIRTIOFS_LOG(kError, "poll on the queue's io_uring: {}", strerror(errno));
+      return;
+    }
+    io.Reap();
+  }
+}
+
 void PassthroughFs::SetAttr(const RequestContext& ctx, uint64_t node, const SetAttrRequest& in,
                             Reply<Attributes> reply) {
   if (options_.readonly) return reply.Error(EROFS);
+  FinishQueuedIo(ctx);
   auto inode = inodes_.Get(node);
   if (!inode) return reply.Error(EBADF);
   std::shared_ptr<Handle> h;

@@ -478,6 +478,13 @@ class PassthroughFs final : public PassthroughBackend {
     struct statfs s;
     return fstatfs(fd, &s) == 0 && s.f_type == FUSE_SUPER_MAGIC;
   }
+  // Finishes the I/O the request's queue has queued or in flight (their
+  // replies go out), so that an operation that runs inline takes effect after
+  // the WRITEs the guest sent before it, as with inline I/O. Needed by
+  // SETATTR: with the writeback cache the guest flushes dirty pages (WRITEs
+  // it does not wait for) and then sets the file's times; a WRITE landing
+  // after the times would move mtime on the host again.
+  void FinishQueuedIo(const RequestContext& ctx) const;
 
   std::string ProcName(const Inode& inode) const { return std::to_string(inode.fd.get()); }
 
