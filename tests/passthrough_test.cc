@@ -38,6 +38,9 @@ namespace fs = std::filesystem;
 struct Env {
   explicit Env(PassthroughOptions o = {}) {
     o.root = dir.path;
+    if (testing::TestWithFileHandles()) {
+      o.inode_file_handles = PassthroughOptions::FileHandles::kMandatory;
+    }
     auto b = PassthroughBackend::Create(o);
     INFO(b.status().message());
     REQUIRE(b.ok());
