@@ -1,6 +1,7 @@
 // inode_file_handles: inodes held as file handles instead of O_PATH fds, so
-// that a guest walking many files does not exhaust the fd limit; stale
-// handles; per-file-system fallback (prefer) and refusal (mandatory).
+// that a guest walking many files does not exhaust the fd limit; the fd
+// budget under a low RLIMIT_NOFILE with and without them; stale handles;
+// per-file-system fallback (prefer) and refusal (mandatory).
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <sys/mount.h>
@@ -69,6 +70,160 @@ struct Env {
   std::unique_ptr<PassthroughBackend> backend;
   std::unique_ptr<FuseHarness> harness;
 };
+
+// ---- The fd budget -------------------------------------------------------
+
+// What a child process measured; sent to the parent through a pipe.
+struct BudgetResult {
+  int setup_error = 0;  // Non-zero: the child could not run the walk.
+  int ok = 0;           // Lookups answered with an entry.
+  int emfile = 0;       // Lookups answered EMFILE or ENFILE.
+  int other = 0;        // Any other answer.
+  int attr_ok = 0;      // GETATTRs of every found node that worked.
+  int fds_before = 0;   // Open fds before the walk.
+  int fds_max = 0;      // The most fds open during the walk (sampled).
+  int fds_after = 0;    // Open fds after every node was forgotten.
+  size_t inodes_during = 0;
+  size_t inodes_after = 0;
+  int recovered = 0;  // 1: a lookup and a read work after the forgets.
+};
+
+constexpr int kBudgetFiles = 3000;
+constexpr rlim_t kBudgetLimit = 128;
+
+BudgetResult BudgetWalk(FileHandles mode) {
+  BudgetResult res;
+  TempDir dir("virtiofs-budget");
+  for (int i = 0; i < kBudgetFiles; ++i) WriteFile(dir / ("f" + std::to_string(i)), "data");
+  Env e(mode, dir.path);
+  rlimit old{};
+  if (getrlimit(RLIMIT_NOFILE, &old) != 0) {
+    res.setup_error = errno;
+    return res;
+  }
+  res.fds_before = CountFds();
+  rlimit low = old;
+  low.rlim_cur = kBudgetLimit;
+  if (res.fds_before + 16 > static_cast<int>(kBudgetLimit) || setrlimit(RLIMIT_NOFILE, &low) != 0) {
+    res.setup_error = res.fds_before + 16 > static_cast<int>(kBudgetLimit) ? EMFILE : errno;
+    return res;
+  }
+  std::vector<uint64_t> nodes;
+  res.fds_max = res.fds_before;
+  for (int i = 0; i < kBudgetFiles; ++i) {
+    auto r = e.Lookup(FUSE_ROOT_ID, "f" + std::to_string(i));
+    if (r.error() == 0) {
+      ++res.ok;
+      nodes.push_back(r.BodyAs<fuse_entry_out>()->nodeid);
+    } else if (r.error() == -EMFILE || r.error() == -ENFILE) {
+      ++res.emfile;
+    } else {
+      ++res.other;
+    }
+    if (i % 50 == 0) {
+      // Counting needs one fd itself: -1 means the table is full.
+      const int n = CountFds();
+      res.fds_max = std::max(res.fds_max, n < 0 ? static_cast<int>(kBudgetLimit) : n);
+    }
+  }
+  // Every node found is usable (with handles: opened again on demand).
+  for (uint64_t n : nodes) res.attr_ok += e.GetAttr(n).error() == 0;
+  res.inodes_during = e.backend->inode_count();
+  for (uint64_t n : nodes) e.Forget(n, 1);
+  res.inodes_after = e.backend->inode_count();
+  res.fds_after = CountFds();
+  // Recovery: with the nodes gone there are fds again.
+  auto r = e.Lookup(FUSE_ROOT_ID, "f0");
+  if (r.error() == 0) {
+    const uint64_t f = r.BodyAs<fuse_entry_out>()->nodeid;
+    auto o = e.Call(FUSE_OPEN, f, FuseBody().Add(fuse_open_in{O_RDONLY, 0}));
+    if (o.error() == 0) {
+      fuse_read_in rd{};
+      rd.fh = o.BodyAs<fuse_open_out>()->fh;
+      rd.size = 64;
+      auto data = e.Call(FUSE_READ, f, FuseBody().Add(rd));
+      res.recovered =
+          data.error() == 0 && std::string(data.body.begin(), data.body.end()) == "data";
+      fuse_release_in rel{};
+      rel.fh = rd.fh;
+      e.Call(FUSE_RELEASE, f, FuseBody().Add(rel));
+    }
+  }
+  setrlimit(RLIMIT_NOFILE, &old);
+  return res;
+}
+
+// Runs BudgetWalk in a child (its own rlimit; a crash there fails the test
+// instead of the suite).
+BudgetResult BudgetInChild(FileHandles mode) {
+  int p[2];
+  REQUIRE(pipe(p) == 0);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    close(p[0]);
+    BudgetResult r;
+    try {
+      r = BudgetWalk(mode);
+    } catch (...) {
+      r.setup_error = -1;
+    }
+    const ssize_t n = write(p[1], &r, sizeof r);
+    _exit(n == sizeof r ? 0 : 1);
+  }
+  close(p[1]);
+  BudgetResult r;
+  size_t got = 0;
+  while (got < sizeof r) {
+    const ssize_t n = read(p[0], reinterpret_cast<char*>(&r) + got, sizeof r - got);
+    if (n <= 0) break;
+    got += static_cast<size_t>(n);
+  }
+  close(p[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  INFO("child status " << status);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  REQUIRE(got == sizeof r);
+  INFO("setup error " << r.setup_error);
+  REQUIRE(r.setup_error == 0);
+  return r;
+}
+
+TEST_CASE("fd budget: thousands of lookups under RLIMIT_NOFILE=128") {
+  SECTION("never: O_PATH fds run out, and the backend answers EMFILE cleanly") {
+    const BudgetResult r = BudgetInChild(FileHandles::kNever);
+    INFO("ok " << r.ok << " emfile " << r.emfile << " other " << r.other << " fds " << r.fds_before
+               << ".." << r.fds_max << " -> " << r.fds_after);
+    CHECK(r.emfile > 0);
+    CHECK(r.other == 0);
+    CHECK(r.ok + r.emfile == kBudgetFiles);
+    CHECK(r.ok < kBudgetFiles);
+    CHECK(r.attr_ok == r.ok);
+    CHECK(r.inodes_during == static_cast<size_t>(r.ok) + 1);
+    // Nothing leaked: forgetting gives every fd back.
+    CHECK(r.inodes_after == 1);
+    CHECK(r.fds_after == r.fds_before);
+    CHECK(r.recovered == 1);
+  }
+  SECTION("prefer: every lookup succeeds and the fds in use stay bounded") {
+    const BudgetResult r = BudgetInChild(FileHandles::kPrefer);
+    INFO("ok " << r.ok << " emfile " << r.emfile << " other " << r.other << " fds " << r.fds_before
+               << ".." << r.fds_max << " -> " << r.fds_after);
+    CHECK(r.ok == kBudgetFiles);
+    CHECK(r.emfile == 0);
+    CHECK(r.other == 0);
+    CHECK(r.attr_ok == kBudgetFiles);
+    CHECK(r.inodes_during == static_cast<size_t>(kBudgetFiles) + 1);
+    // A handful of fds for the mount table and a request in flight, not one
+    // per inode.
+    CHECK(r.fds_max <= r.fds_before + 4);
+    CHECK(r.inodes_after == 1);
+    CHECK(r.fds_after <= r.fds_before + 2);
+    CHECK(r.recovered == 1);
+  }
+}
 
 // ---- Handles: identity, staleness, renames -------------------------------
 
