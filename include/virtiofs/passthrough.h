@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "virtiofs/backend.h"
+#include "virtiofs/id_map.h"
 #include "virtiofs/io_engine.h"
 
 namespace virtiofs {
@@ -33,26 +34,43 @@ struct PassthroughOptions {
   enum class Cache { kNever, kMetadata, kAuto, kAlways };
   Cache cache = Cache::kAuto;
 
-  // How inodes are held: O_PATH fds, file handles where the file system
-  // supports them, or file handles only (fails where unsupported). Handles
-  // need CAP_DAC_READ_SEARCH.
+  // How inodes are held (virtiofsd's --inode-file-handles):
+  //   kNever:     one O_PATH fd per inode the guest knows (limited by
+  //               RLIMIT_NOFILE: a large walk runs into EMFILE).
+  //   kPrefer:    a file handle (name_to_handle_at) per inode, opened again
+  //               only while a request uses it; O_PATH fds on file systems
+  //               that cannot make handles (logged once each) and everywhere
+  //               when open_by_handle_at is not permitted.
+  //   kMandatory: file handles only: Create fails when the shared directory's
+  //               file system cannot make them or open_by_handle_at is not
+  //               permitted; lookups on other file systems without them fail
+  //               with EOPNOTSUPP.
+  // open_by_handle_at needs CAP_DAC_READ_SEARCH (in the initial user
+  // namespace for most file systems). A node whose host inode was removed
+  // answers ESTALE (an fd-held one keeps the removed inode alive instead).
   enum class FileHandles { kNever, kPrefer, kMandatory };
   FileHandles inode_file_handles = FileHandles::kNever;
 
-  bool readonly = false;          // Every change fails with EROFS.
-  bool writeback = false;         // FUSE_WRITEBACK_CACHE.
-  bool readdirplus = true;        // FUSE_DO_READDIRPLUS / READDIRPLUS_AUTO.
-  bool xattr = true;              // Extended attributes (else ENOSYS).
-  bool posix_acl = false;         // FUSE_POSIX_ACL (needs xattr).
-  bool security_label = false;    // FUSE_SECURITY_CTX.
-  bool killpriv_v2 = true;        // FUSE_HANDLE_KILLPRIV_V2.
+  bool readonly = false;            // Every change fails with EROFS.
+  bool writeback = false;           // FUSE_WRITEBACK_CACHE.
+  bool readdirplus = true;          // FUSE_DO_READDIRPLUS / READDIRPLUS_AUTO.
+  bool xattr = true;                // Extended attributes (else ENOSYS).
+  bool posix_acl = false;           // FUSE_POSIX_ACL (needs xattr).
+  bool security_label = false;      // FUSE_SECURITY_CTX.
+  bool killpriv_v2 = true;          // FUSE_HANDLE_KILLPRIV_V2.
   bool announce_submounts = false;  // FUSE_SUBMOUNTS and FUSE_ATTR_SUBMOUNT.
-  bool allow_direct_io = false;   // Keep O_DIRECT from the guest.
-  bool posix_locks = true;        // FUSE_POSIX_LOCKS (host OFD locks).
-  bool flock = true;              // FUSE_FLOCK_LOCKS.
+  bool allow_direct_io = false;     // Keep O_DIRECT from the guest.
+  bool posix_locks = true;          // FUSE_POSIX_LOCKS (host OFD locks).
+  bool flock = true;                // FUSE_FLOCK_LOCKS.
   // File data I/O: io_uring on each queue worker (falls back to the
   // synchronous engine where io_uring is unavailable), or synchronous.
   IoEngineKind io_engine = IoEngineKind::kUring;
+  // Guest <-> host uid and gid translation (virtiofsd's --translate-uid and
+  // --translate-gid; syntax in virtiofs/id_map.h): applied to the caller's
+  // ids of every request, to owners set by SETATTR, and to the owners in
+  // every attribute reply. POSIX ACL xattr values are passed unchanged.
+  IdMap translate_uid;
+  IdMap translate_gid;
   // Drop the process's supplementary groups at creation (CVE-2022-0358); a
   // library user who manages credentials itself can turn this off.
   bool drop_supplementary_groups = true;

@@ -13,8 +13,22 @@
 
 namespace virtiofs::passthrough {
 
+// A request's caller as host ids (after uid/gid translation); `error` is
+// set (EPERM) when the guest ids are forbidden.
+struct HostIds {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::optional<gid_t> supplementary;
+  int error = 0;
+};
+
 class ScopedCredentials {
  public:
+  // The caller's host ids; `ids.error` fails the switch (even when disabled).
+  ScopedCredentials(bool enabled, const HostIds& ids)
+      : ScopedCredentials(enabled && ids.error == 0, ids.uid, ids.gid, ids.supplementary) {
+    if (ids.error != 0) error_ = ids.error;
+  }
   // Switches to (uid, gid) and, if given, one supplementary group; `enabled`
   // false (the daemon is not root) leaves the thread as it is.
   ScopedCredentials(bool enabled, uid_t uid, gid_t gid,

@@ -44,7 +44,7 @@ void PassthroughFs::SetAttr(const RequestContext& ctx, uint64_t node, const SetA
   }
   PathFd fd = Path(*inode);
   if (!fd.ok()) return reply.Error(fd.error());
-  ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+  ScopedCredentials creds(as_root_, Ids(ctx));
   if (!creds.ok()) return reply.Error(creds.error());
   const std::string self = fd.ProcName();
   const bool is_link = inode->type == S_IFLNK;
@@ -59,9 +59,12 @@ void PassthroughFs::SetAttr(const RequestContext& ctx, uint64_t node, const SetA
     if (fchmodat(proc_fd_.get(), self.c_str(), mode, 0) != 0) return reply.Error(Errno());
   }
   if (in.valid & (FATTR_UID | FATTR_GID)) {
-    const uid_t uid = (in.valid & FATTR_UID) ? in.uid : static_cast<uid_t>(-1);
-    const gid_t gid = (in.valid & FATTR_GID) ? in.gid : static_cast<gid_t>(-1);
-    if (fchownat(fd.get(), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+    // The new owners as host ids; a forbidden guest id is refused.
+    std::optional<uint32_t> uid = static_cast<uid_t>(-1), gid = static_cast<gid_t>(-1);
+    if (in.valid & FATTR_UID) uid = options_.translate_uid.ToHost(in.uid);
+    if (in.valid & FATTR_GID) gid = options_.translate_gid.ToHost(in.gid);
+    if (!uid || !gid) return reply.Error(EPERM);
+    if (fchownat(fd.get(), "", *uid, *gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
       return reply.Error(Errno());
     }
   }
@@ -102,7 +105,7 @@ void PassthroughFs::ReadDir(const RequestContext& ctx, uint64_t, uint64_t handle
                             bool plus, DirReply reply) {
   auto h = handles_.Get(handle);
   if (!h) return reply.Error(EBADF);
-  ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+  ScopedCredentials creds(as_root_, Ids(ctx));
   if (!creds.ok()) return reply.Error(creds.error());
   std::lock_guard lock(h->mu);
   // The offsets are the host file system's own cookies (d_off): stable

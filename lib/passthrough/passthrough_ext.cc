@@ -78,8 +78,8 @@ class ScopedNoCaps {
 // Members are destroyed in reverse: capabilities come back before the ids.
 class CallerCreds {
  public:
-  CallerCreds(bool as_root, const RequestContext& ctx)
-      : ids_(as_root, ctx.uid, ctx.gid), caps_(ids_.ok() && ctx.uid != 0) {}
+  CallerCreds(bool as_root, const HostIds& ids)
+      : ids_(as_root, ids), caps_(ids_.ok() && ids.uid != 0) {}
   int error() const { return ids_.ok() ? caps_.error() : ids_.error(); }
 
  private:
@@ -177,10 +177,10 @@ int ReadWhole(F get, std::string* out) {
 // done here because the host only does it itself when it checked as that
 // caller without CAP_FSETID. As the daemon: the caller owned the file to set
 // its ACL.
-void KillSgidAfterAcl(int proc_fd, const RequestContext& ctx, const PathFd& node) {
+void KillSgidAfterAcl(int proc_fd, const HostIds& caller, const PathFd& node) {
   struct statx x;
   if (StatxFd(node.get(), &x, STATX_MODE | STATX_GID) != 0) return;
-  if (!(x.stx_mode & S_ISGID) || ctx.uid == 0 || ctx.gid == x.stx_gid) return;
+  if (!(x.stx_mode & S_ISGID) || caller.uid == 0 || caller.gid == x.stx_gid) return;
   const std::string self = node.ProcName();
   if (fchmodat(proc_fd, self.c_str(), x.stx_mode & 07777 & ~S_ISGID, 0) != 0) {
     VIRTIOFS_LOG(kWarning, "passthrough: clearing S_ISGID after an ACL change: errno {}", errno);
@@ -459,12 +459,12 @@ void PassthroughFs::SetXattr(const RequestContext& ctx, uint64_t node, std::stri
     return reply.Error(e);
   const std::string n(name);
   {
-    CallerCreds creds(as_root_, ctx);
+    CallerCreds creds(as_root_, Ids(ctx));
     if (int e = creds.error(); e != 0) return reply.Error(e);
     if (t.Set(n.c_str(), value, static_cast<int>(flags)) != 0) return reply.Error(Errno());
   }
   if ((setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID) && n == "system.posix_acl_access") {
-    KillSgidAfterAcl(proc_fd_.get(), ctx, t.node);
+    KillSgidAfterAcl(proc_fd_.get(), Ids(ctx), t.node);
   }
   reply.Ok();
 }
@@ -479,7 +479,7 @@ void PassthroughFs::GetXattr(const RequestContext& ctx, uint64_t node, std::stri
     return reply.Error(e);
   const std::string n(name);
   std::string value;
-  CallerCreds creds(as_root_, ctx);
+  CallerCreds creds(as_root_, Ids(ctx));
   if (int e = creds.error(); e != 0) return reply.Error(e);
   auto get = [&](char* buf, size_t size) { return t.Get(n.c_str(), buf, size); };
   if (int e = ReadWhole(get, &value); e != 0) return reply.Error(e);
@@ -494,7 +494,7 @@ void PassthroughFs::ListXattr(const RequestContext& ctx, uint64_t node, Reply<st
   if (int e = OpenXattrTarget(proc_fd_.get(), *inode, Path(*inode), &t); e != 0)
     return reply.Error(e);
   std::string names;
-  CallerCreds creds(as_root_, ctx);
+  CallerCreds creds(as_root_, Ids(ctx));
   if (int e = creds.error(); e != 0) return reply.Error(e);
   auto list = [&](char* buf, size_t size) { return t.List(buf, size); };
   if (int e = ReadWhole(list, &names); e != 0) return reply.Error(e);
@@ -511,7 +511,7 @@ void PassthroughFs::RemoveXattr(const RequestContext& ctx, uint64_t node, std::s
   if (int e = OpenXattrTarget(proc_fd_.get(), *inode, Path(*inode), &t); e != 0)
     return reply.Error(e);
   const std::string n(name);
-  CallerCreds creds(as_root_, ctx);
+  CallerCreds creds(as_root_, Ids(ctx));
   if (int e = creds.error(); e != 0) return reply.Error(e);
   if (t.Remove(n.c_str()) != 0) return reply.Error(Errno());
   reply.Ok();
@@ -629,7 +629,7 @@ void PassthroughFs::TmpFile(const RequestContext& ctx, uint64_t parent, uint32_t
   if (dir->type != S_IFDIR) return reply.Error(ENOTDIR);
   PathFd dir_fd = Path(*dir);
   if (!dir_fd.ok()) return reply.Error(dir_fd.error());
-  ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
+  ScopedCredentials creds(as_root_, Ids(ctx, true));
   if (!creds.ok()) return reply.Error(creds.error());
   // O_TMPFILE includes O_DIRECTORY; O_EXCL (never linkable) is kept.
   const int open_flags = (HostOpenFlags(flags) & ~O_TMPFILE) | O_TMPFILE | (flags & O_EXCL);
@@ -649,6 +649,7 @@ void PassthroughFs::TmpFile(const RequestContext& ctx, uint64_t parent, uint32_t
   CreateResult r;
   r.entry.node_id = inode->id;
   r.entry.attr.st = ToStat(x);
+  ToGuest(&r.entry.attr.st);
   r.entry.attr.timeout = AttrTimeout();
   r.entry.entry_timeout = AttrTimeout();
   auto h = std::make_shared<Handle>();

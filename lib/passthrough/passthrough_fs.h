@@ -162,7 +162,7 @@ class PassthroughFs final : public PassthroughBackend {
     // CAP_DAC_READ_SEARCH, which a non-root fsuid drops.
     PathFd dir = Path(*p);
     if (!dir.ok()) return reply.Error(dir.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     Entry e;
     if (int err = DoLookup(*p, dir.get(), name, &e); err != 0) return reply.Error(err);
@@ -192,6 +192,8 @@ class PassthroughFs final : public PassthroughBackend {
     if (int e = StatxFd(fd.get(), &r.stx, sx_mask | STATX_BASIC_STATS, sync); e != 0) {
       return reply.Error(e);
     }
+    r.stx.stx_uid = options_.translate_uid.ToGuest(r.stx.stx_uid);
+    r.stx.stx_gid = options_.translate_gid.ToGuest(r.stx.stx_gid);
     r.timeout = AttrTimeout();
     reply.Ok(r);
   }
@@ -247,7 +249,7 @@ class PassthroughFs final : public PassthroughBackend {
     if (!from_fd.ok()) return reply.Error(from_fd.error());
     PathFd to_fd = Path(*to);
     if (!to_fd.ok()) return reply.Error(to_fd.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     std::string a(name), b(new_name);
     if (syscall(SYS_renameat2, from_fd.get(), a.c_str(), to_fd.get(), b.c_str(), flags) != 0) {
@@ -266,7 +268,7 @@ class PassthroughFs final : public PassthroughBackend {
     if (!fd.ok()) return reply.Error(fd.error());
     PathFd dir_fd = Path(*dir);
     if (!dir_fd.ok()) return reply.Error(dir_fd.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     std::string n(new_name);
     // Through the inode's /proc link: the very inode, without the
@@ -285,7 +287,7 @@ class PassthroughFs final : public PassthroughBackend {
     if (options_.readonly && (mask & W_OK) && inode->type != S_IFLNK) return reply.Error(EROFS);
     PathFd fd = Path(*inode);
     if (!fd.ok()) return reply.Error(fd.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     const std::string self = fd.ProcName();
     // AT_EACCESS: check as the fs ids set above, not the real ones.
@@ -319,7 +321,7 @@ class PassthroughFs final : public PassthroughBackend {
     }
     PathFd path = Path(*inode);
     if (!path.ok()) return reply.Error(path.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     UniqueFd fd(openat(proc_fd_.get(), path.ProcName().c_str(), open_flags));
     if (!fd.valid()) return reply.Error(Errno());
@@ -337,7 +339,7 @@ class PassthroughFs final : public PassthroughBackend {
     if (dir->type != S_IFDIR) return reply.Error(ENOTDIR);
     PathFd dir_fd = Path(*dir);
     if (!dir_fd.ok()) return reply.Error(dir_fd.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
+    ScopedCredentials creds(as_root_, Ids(ctx, true));
     if (!creds.ok()) return reply.Error(creds.error());
     std::string n(name);
     // O_EXCL first: only a file we create is opened this way. O_NOFOLLOW: a
@@ -411,7 +413,7 @@ class PassthroughFs final : public PassthroughBackend {
     auto h = handles_.Get(req.handle);
     if (!h) return reply.Error(EBADF);
     // As the caller while the synchronous engine writes inline.
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     const bool kill = (req.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
     EngineOf(ctx).Writev(h->fd.get(), req.data, static_cast<int64_t>(req.offset),
@@ -451,7 +453,7 @@ class PassthroughFs final : public PassthroughBackend {
     if (inode->type != S_IFDIR) return reply.Error(ENOTDIR);
     PathFd path = Path(*inode);
     if (!path.ok()) return reply.Error(path.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     UniqueFd fd(
         openat(proc_fd_.get(), path.ProcName().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -536,6 +538,31 @@ class PassthroughFs final : public PassthroughBackend {
     return e ? *e->engine() : *sync_engine_;
   }
 
+  // The caller as host ids (uid/gid translation); with `create`, also the
+  // supplementary group FUSE_CREATE_SUPP_GROUP sent.
+  HostIds Ids(const RequestContext& ctx, bool create = false) const {
+    HostIds ids;
+    auto uid = options_.translate_uid.ToHost(ctx.uid);
+    auto gid = options_.translate_gid.ToHost(ctx.gid);
+    if (!uid || !gid) {
+      ids.error = EPERM;  // forbid-guest
+      return ids;
+    }
+    ids.uid = *uid;
+    ids.gid = *gid;
+    if (create && ctx.supplementary_gid) {
+      // A forbidden supplementary group is left out, not an error: the
+      // caller's own ids are allowed.
+      if (auto g = options_.translate_gid.ToHost(*ctx.supplementary_gid)) ids.supplementary = *g;
+    }
+    return ids;
+  }
+  // Owners in a reply, as the guest sees them.
+  void ToGuest(struct stat* st) const {
+    st->st_uid = options_.translate_uid.ToGuest(st->st_uid);
+    st->st_gid = options_.translate_gid.ToGuest(st->st_gid);
+  }
+
   // The O_PATH fd of `inode` for one request: its own, or opened from its
   // file handle (ESTALE when the host inode is gone). Called before the
   // request's ids are switched: open_by_handle_at needs
@@ -606,6 +633,7 @@ class PassthroughFs final : public PassthroughBackend {
     struct statx x;
     if (int e = StatxFd(fd, &x); e != 0) return e;
     a->st = ToStat(x);
+    ToGuest(&a->st);
     a->timeout = AttrTimeout();
     if (options_.announce_submounts && S_ISDIR(x.stx_mode) && x.stx_mnt_id != root_->key.mnt_id) {
       a->flags |= FUSE_ATTR_SUBMOUNT;
@@ -649,6 +677,7 @@ class PassthroughFs final : public PassthroughBackend {
     e->node_id = inode->id;
     e->generation = 0;
     e->attr.st = ToStat(x);
+    ToGuest(&e->attr.st);
     e->attr.timeout = AttrTimeout();
     e->entry_timeout = AttrTimeout();
     if (options_.announce_submounts && S_ISDIR(x.stx_mode) && key.mnt_id != root_->key.mnt_id) {
@@ -667,7 +696,7 @@ class PassthroughFs final : public PassthroughBackend {
     if (dir->type != S_IFDIR) return reply.Error(ENOTDIR);
     PathFd dir_fd = Path(*dir);
     if (!dir_fd.ok()) return reply.Error(dir_fd.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
+    ScopedCredentials creds(as_root_, Ids(ctx, true));
     if (!creds.ok()) return reply.Error(creds.error());
     if (make(dir_fd.get()) != 0) return reply.Error(Errno());
     Entry e;
@@ -707,7 +736,7 @@ class PassthroughFs final : public PassthroughBackend {
     if (!dir) return reply.Error(EBADF);
     PathFd dir_fd = Path(*dir);
     if (!dir_fd.ok()) return reply.Error(dir_fd.error());
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     std::string n(name);
     if (unlinkat(dir_fd.get(), n.c_str(), flags) != 0) return reply.Error(Errno());
