@@ -8,7 +8,9 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <string>
+#include <thread>
 
+#include "lib/passthrough/credentials.h"
 #include "tests/support/fuse_harness.h"
 #include "tests/support/fuse_request.h"
 #include "tests/support/host_files.h"
@@ -334,6 +336,50 @@ TEST_CASE("translated ids: SETATTR owners go guest->host, replies host->guest") 
     pos += FUSE_DIRENTPLUS_SIZE(dp);
   }
   CHECK(seen == 3);
+}
+
+}  // namespace
+}  // namespace virtiofs
+
+namespace virtiofs {
+namespace {
+
+// This thread's effective capabilities, from /proc.
+std::string CapEff() {
+  std::string status = testing::ReadFile("/proc/thread-self/status");
+  const size_t at = status.find("CapEff:");
+  if (at == std::string::npos) return "?";
+  return status.substr(at + 7, status.find('\n', at) - at - 7);
+}
+
+TEST_CASE("a non-root caller's request runs without any of the daemon's capabilities") {
+  if (geteuid() != 0) {
+    WARN("not root: skipped");
+    return;
+  }
+  // On a thread of its own: the switch is per thread.
+  std::thread([] {
+    const std::string before = CapEff();
+    REQUIRE(before.find_first_not_of("0\t ") != std::string::npos);  // Root has some.
+    {
+      passthrough::HostIds user;
+      user.uid = 1000;
+      user.gid = 1000;
+      passthrough::ScopedCredentials creds(true, user);
+      REQUIRE(creds.ok());
+      // Not only the file-system capabilities a non-root fsuid drops:
+      // CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CAP_SETFCAP, ... too.
+      CHECK(CapEff().find_first_not_of("0\t ") == std::string::npos);
+    }
+    CHECK(CapEff() == before);
+    {
+      passthrough::HostIds root;
+      passthrough::ScopedCredentials creds(true, root);
+      REQUIRE(creds.ok());
+      CHECK(CapEff() == before);  // Root callers keep them.
+    }
+    CHECK(CapEff() == before);
+  }).join();
 }
 
 }  // namespace
