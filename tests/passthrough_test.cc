@@ -1,6 +1,8 @@
 // PassthroughBackend through the FUSE session, against a temporary host
 // directory: what the guest sees matches what the host has, errors are
 // exact, and nothing reaches outside the shared directory.
+#include "virtiofs/passthrough.h"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -15,10 +17,9 @@
 #include <set>
 #include <string>
 
-#include "tests/support/host_files.h"
 #include "tests/support/fuse_harness.h"
 #include "tests/support/fuse_request.h"
-#include "virtiofs/passthrough.h"
+#include "tests/support/host_files.h"
 
 namespace virtiofs {
 namespace {
@@ -50,8 +51,8 @@ struct Env {
   }
   FuseReply Call(uint32_t opcode, uint64_t node, const FuseBody& body = FuseBody(),
                  uint32_t reply = 4096, uint32_t uid = 0, uint32_t gid = 0) {
-    return harness->Call(
-        BuildRequest(opcode, harness->NextUnique(), node, body.bytes(), uid, gid), reply);
+    return harness->Call(BuildRequest(opcode, harness->NextUnique(), node, body.bytes(), uid, gid),
+                         reply);
   }
   fuse_entry_out Lookup(uint64_t parent, std::string_view name) {
     auto r = harness->Call(BuildLookup(harness->NextUnique(), parent, name));
@@ -173,8 +174,7 @@ TEST_CASE("create, write, read back, truncate, release") {
 
   // O_EXCL on an existing name.
   fuse_create_in excl{O_RDWR | O_CREAT | O_EXCL, S_IFREG | 0600, 0, 0};
-  CHECK(e.Call(FUSE_CREATE, FUSE_ROOT_ID, FuseBody().Add(excl).Name("new.bin")).error() ==
-        -EEXIST);
+  CHECK(e.Call(FUSE_CREATE, FUSE_ROOT_ID, FuseBody().Add(excl).Name("new.bin")).error() == -EEXIST);
 }
 
 TEST_CASE("directories: mkdir, readdir, readdirplus, rename, rmdir") {
@@ -244,11 +244,13 @@ TEST_CASE("directories: mkdir, readdir, readdirplus, rename, rmdir") {
   CHECK(fs::exists(e.dir / "moved"));
   fuse_rename2_in rn2{FUSE_ROOT_ID, RENAME_NOREPLACE, 0};
   WriteFile(e.dir / "other", "y");
-  CHECK(e.Call(FUSE_RENAME2, FUSE_ROOT_ID, FuseBody().Add(rn2).Name("moved").Name("other"))
-            .error() == -EEXIST);
+  CHECK(
+      e.Call(FUSE_RENAME2, FUSE_ROOT_ID, FuseBody().Add(rn2).Name("moved").Name("other")).error() ==
+      -EEXIST);
   fuse_rename2_in ex{FUSE_ROOT_ID, RENAME_EXCHANGE, 0};
-  CHECK(e.Call(FUSE_RENAME2, FUSE_ROOT_ID, FuseBody().Add(ex).Name("moved").Name("other"))
-            .error() == 0);
+  CHECK(
+      e.Call(FUSE_RENAME2, FUSE_ROOT_ID, FuseBody().Add(ex).Name("moved").Name("other")).error() ==
+      0);
   CHECK(ReadFile(e.dir / "moved") == "y");
   CHECK(e.Call(FUSE_UNLINK, FUSE_ROOT_ID, FuseBody().Name("moved")).error() == 0);
   CHECK(e.Call(FUSE_UNLINK, FUSE_ROOT_ID, FuseBody().Name("moved")).error() == -ENOENT);
@@ -441,12 +443,36 @@ TEST_CASE("security labels (FUSE_SECURITY_CTX) are set on new nodes, or the crea
   n = getxattr((dir / "f").c_str(), "user.label", value, sizeof value);
   CHECK(n == 21);
 
+  // O_TMPFILE: labelled too (seen through the new file's handle).
+  fuse_create_in t{O_RDWR | O_TMPFILE, S_IFREG | 0644, 0, 0};
+  r = h.Call(testing::BuildRequestWithExtensions(FUSE_TMPFILE, h.NextUnique(), FUSE_ROOT_ID,
+                                                 FuseBody().Add(t).Name("/").bytes(), ext));
+  if (r.error() == -EOPNOTSUPP) {
+    WARN("no O_TMPFILE on " << dir.path << "; its label is not checked");
+  } else {
+    REQUIRE(r.error() == 0);
+    fuse_entry_out te;
+    std::memcpy(&te, r.body.data(), sizeof te);
+    fuse_getxattr_in gx{};
+    gx.size = sizeof value;
+    auto got = h.Call(BuildRequest(FUSE_GETXATTR, h.NextUnique(), te.nodeid,
+                                   FuseBody().Add(gx).Name("user.label").bytes()));
+    REQUIRE(got.error() == 0);
+    CHECK(std::string(got.body.begin(), got.body.end()) == "system_u:object_r:x_t");
+  }
+
   // A label the host refuses: nothing is left behind.
   auto bad = testing::BuildSecurityContext("bogus.label", "x");
   r = h.Call(testing::BuildRequestWithExtensions(FUSE_MKDIR, h.NextUnique(), FUSE_ROOT_ID,
                                                  FuseBody().Add(m).Name("e").bytes(), bad));
   CHECK(r.error() == -EOPNOTSUPP);
   CHECK_FALSE(fs::exists(dir / "e"));
+  const size_t handles = b->get()->handle_count(), inodes = b->get()->inode_count();
+  r = h.Call(testing::BuildRequestWithExtensions(FUSE_TMPFILE, h.NextUnique(), FUSE_ROOT_ID,
+                                                 FuseBody().Add(t).Name("/").bytes(), bad));
+  CHECK((r.error() == -EOPNOTSUPP));
+  CHECK(b->get()->handle_count() == handles);  // No unlabelled tmpfile left open.
+  CHECK(b->get()->inode_count() == inodes);
 }
 
 }  // namespace

@@ -522,6 +522,19 @@ void PassthroughFs::RemoveXattr(const RequestContext& ctx, uint64_t node, std::s
 // host and other guests see them, and they go when the guest's open file
 // does (RELEASE closes the descriptor). `owner` is not used: locks belong to
 // the guest's open file (one FUSE handle), not to its process.
+//
+// Known deviation from POSIX (process-owned) locks, which the guest kernel
+// expects with FUSE_POSIX_LOCKS: it sends FLUSH with the closing process's
+// lock_owner on every close() so that the server drops that owner's locks
+// (fcntl(2): closing any fd of a file releases the process's locks on it).
+// FLUSH does not do that here; the locks go at RELEASE, the last close of
+// the guest's open file. The two differ only when that open file outlives
+// the close (dup()ed into, inherited by fork(), or passed to another
+// process): the locks then stay until the last holder closes it, and two
+// processes sharing one open file do not conflict with each other. QEMU's C
+// virtiofsd kept one OFD descriptor per (inode, lock_owner) and closed it at
+// FLUSH; doing the same here needs a descriptor per owner (fd budget) and is
+// left for later.
 
 void PassthroughFs::GetLk(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
                           const FileLock& lock, bool flock, Reply<FileLock> reply) {
@@ -635,6 +648,14 @@ void PassthroughFs::TmpFile(const RequestContext& ctx, uint64_t parent, uint32_t
   const int open_flags = (HostOpenFlags(flags) & ~O_TMPFILE) | O_TMPFILE | (flags & O_EXCL);
   UniqueFd fd(openat(dir_fd.get(), ".", open_flags, Masked(mode, umask)));
   if (!fd.valid()) return reply.Error(Errno());  // EOPNOTSUPP where the fs has none.
+  // FUSE_SECURITY_CTX: the label goes on through the open file; if the host
+  // refuses it the file, which has no name, goes with the fd.
+  if (ctx.security_context && options_.security_label) {
+    const auto& [xattr, value] = *ctx.security_context;
+    if (fsetxattr(fd.get(), xattr.c_str(), value.data(), value.size(), 0) != 0) {
+      return reply.Error(Errno());
+    }
+  }
   // The node's own O_PATH descriptor, through the new file's /proc link.
   UniqueFd path(openat(proc_fd_.get(), std::to_string(fd.get()).c_str(), O_PATH | O_CLOEXEC));
   if (!path.valid()) return reply.Error(Errno());

@@ -424,6 +424,8 @@ class PassthroughFs final : public PassthroughBackend {
                          });
   }
 
+  // Nothing to flush (no data is buffered here). The lock_owner's POSIX
+  // locks are not released: see the lock notes in passthrough_ext.cc.
   void Flush(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
              Reply<void> reply) override {
     if (!handles_.Get(handle)) return reply.Error(EBADF);
