@@ -172,8 +172,10 @@ po::options_description Describe() {
       ("inode-file-handles", str(), "never | prefer | mandatory (default never): hold "
                                     "inodes as file handles instead of O_PATH fds")
       ("preserve-noatime", "keep O_NOATIME from the guest even without CAP_FOWNER")
-      ("translate-uid", str(), "guest/host uid translation (not supported yet: refused)")
-      ("translate-gid", str(), "guest/host gid translation (not supported yet: refused)")
+      ("translate-uid", str(), "guest/host uid translation rule (repeatable): "
+                               "map:GUEST:HOST:COUNT, guest:..., host:..., squash-guest:..., "
+                               "squash-host:..., forbid-guest:FROM:COUNT")
+      ("translate-gid", str(), "guest/host gid translation rule (repeatable), as --translate-uid")
       ("sandbox", str(), "namespace (default: new mount, pid and net namespaces, plus a user "
                          "namespace when not root, pivot_root into the shared dir) | chroot | "
                          "none")
@@ -271,7 +273,10 @@ absl::Status Apply(const std::string& key, const std::string& v, Config* c) {
   } else if (key == "preserve-noatime") {
     p.preserve_noatime = true;
   } else if (key == "translate-uid" || key == "translate-gid") {
-    return absl::InvalidArgumentError(fmt::format("--{}: not supported yet", key));
+    auto& map = key == "translate-uid" ? p.translate_uid : p.translate_gid;
+    if (absl::Status st = map.Add(v); !st.ok()) {
+      return absl::InvalidArgumentError(fmt::format("--{}: {}", key, st.message()));
+    }
   } else if (key == "sandbox") {
     return SetSandbox("--sandbox", v, c);
   } else if (key == "seccomp") {

@@ -184,6 +184,16 @@ TEST_CASE("--xattrmap and -o xattrmap= take the rules and imply --xattr") {
   CHECK(l.passthrough.xattr);
 }
 
+TEST_CASE("--translate-uid/--translate-gid rules reach the passthrough") {
+  auto c = ParseOk({"--shared-dir=/d", "--fd=3", "--translate-uid=map:0:100000:65536",
+                    "--translate-uid=squash-guest:70000:99:1000", "--translate-gid",
+                    "map:0:100000:65536"});
+  CHECK(c.passthrough.translate_uid.ToHost(0) == uint32_t{100000});
+  CHECK(c.passthrough.translate_uid.ToHost(70001) == uint32_t{99});
+  CHECK(c.passthrough.translate_uid.ToGuest(100005) == 5);
+  CHECK(c.passthrough.translate_gid.ToHost(7) == uint32_t{100007});
+}
+
 TEST_CASE("a later flag overrides an earlier one, whatever its form") {
   CHECK(ParseOk({"--shared-dir=/a", "-o", "source=/b", "--fd=3"}).passthrough.root == "/b");
   CHECK(ParseOk({"-o", "source=/b", "--shared-dir=/a", "--fd=3"}).passthrough.root == "/a");
@@ -262,9 +272,11 @@ TEST_CASE("wrong command lines are one clear error") {
             .find("xattrmap") != std::string::npos);
   CHECK(ParseError({"--fd=3", "-o", "source=/d,xattrmap=:nonsense"}).find("xattrmap") !=
         std::string::npos);
-  // Not there yet, so refused rather than silently ignored.
-  CHECK(ParseError({"--shared-dir=/d", "--fd=3", "--translate-uid=map:0:1000:1"})
-            .find("not supported") != std::string::npos);
+  CHECK(ParseError({"--shared-dir=/d", "--fd=3", "--translate-uid=map:0:1000"})
+            .find("--translate-uid") != std::string::npos);
+  CHECK(ParseError({"--shared-dir=/d", "--fd=3", "--translate-gid=map:0:1000:1",
+                    "--translate-gid=map:0:2000:1"})
+            .find("--translate-gid") != std::string::npos);  // Overlap.
   // No abbreviations: "--shared" is not "--shared-dir".
   CHECK_FALSE(Parse({"--shared=/d", "--fd=3"}).ok());
 }

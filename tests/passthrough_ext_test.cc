@@ -75,6 +75,9 @@ constexpr uint64_t kInitFlags =
 struct Env {
   explicit Env(PassthroughOptions o = {}) {
     o.root = dir.path;
+    if (testing::TestWithFileHandles()) {
+      o.inode_file_handles = PassthroughOptions::FileHandles::kMandatory;
+    }
     auto b = PassthroughBackend::Create(o);
     INFO(b.status().message());
     REQUIRE(b.ok());

@@ -40,6 +40,9 @@ namespace fs = std::filesystem;
 struct Env {
   explicit Env(PassthroughOptions o = {}) {
     o.root = dir.path;
+    if (testing::TestWithFileHandles()) {
+      o.inode_file_handles = PassthroughOptions::FileHandles::kMandatory;
+    }
     auto b = PassthroughBackend::Create(o);
     INFO(b.status().message());
     REQUIRE(b.ok());
@@ -568,12 +571,36 @@ TEST_CASE("security labels (FUSE_SECURITY_CTX) are set on new nodes, or the crea
   n = getxattr((dir / "f").c_str(), "user.label", value, sizeof value);
   CHECK(n == 21);
 
+  // O_TMPFILE: labelled too (seen through the new file's handle).
+  fuse_create_in t{O_RDWR | O_TMPFILE, S_IFREG | 0644, 0, 0};
+  r = h.Call(testing::BuildRequestWithExtensions(FUSE_TMPFILE, h.NextUnique(), FUSE_ROOT_ID,
+                                                 FuseBody().Add(t).Name("/").bytes(), ext));
+  if (r.error() == -EOPNOTSUPP) {
+    WARN("no O_TMPFILE on " << dir.path << "; its label is not checked");
+  } else {
+    REQUIRE(r.error() == 0);
+    fuse_entry_out te;
+    std::memcpy(&te, r.body.data(), sizeof te);
+    fuse_getxattr_in gx{};
+    gx.size = sizeof value;
+    auto got = h.Call(BuildRequest(FUSE_GETXATTR, h.NextUnique(), te.nodeid,
+                                   FuseBody().Add(gx).Name("user.label").bytes()));
+    REQUIRE(got.error() == 0);
+    CHECK(std::string(got.body.begin(), got.body.end()) == "system_u:object_r:x_t");
+  }
+
   // A label the host refuses: nothing is left behind.
   auto bad = testing::BuildSecurityContext("bogus.label", "x");
   r = h.Call(testing::BuildRequestWithExtensions(FUSE_MKDIR, h.NextUnique(), FUSE_ROOT_ID,
                                                  FuseBody().Add(m).Name("e").bytes(), bad));
   CHECK(r.error() == -EOPNOTSUPP);
   CHECK_FALSE(fs::exists(dir / "e"));
+  const size_t handles = b->get()->handle_count(), inodes = b->get()->inode_count();
+  r = h.Call(testing::BuildRequestWithExtensions(FUSE_TMPFILE, h.NextUnique(), FUSE_ROOT_ID,
+                                                 FuseBody().Add(t).Name("/").bytes(), bad));
+  CHECK((r.error() == -EOPNOTSUPP));
+  CHECK(b->get()->handle_count() == handles);  // No unlabelled tmpfile left open.
+  CHECK(b->get()->inode_count() == inodes);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "virtiofs/backend.h"
+#include "virtiofs/id_map.h"
 #include "virtiofs/io_engine.h"
 
 namespace virtiofs {
@@ -38,9 +39,20 @@ struct PassthroughOptions {
   // implies (the legacy `-o timeout=`).
   std::optional<double> timeout;
 
-  // How inodes are held: O_PATH fds, file handles where the file system
-  // supports them, or file handles only (fails where unsupported). Handles
-  // need CAP_DAC_READ_SEARCH.
+  // How inodes are held (virtiofsd's --inode-file-handles):
+  //   kNever:     one O_PATH fd per inode the guest knows (limited by
+  //               RLIMIT_NOFILE: a large walk runs into EMFILE).
+  //   kPrefer:    a file handle (name_to_handle_at) per inode, opened again
+  //               only while a request uses it; O_PATH fds on file systems
+  //               that cannot make handles (logged once each) and everywhere
+  //               when open_by_handle_at is not permitted.
+  //   kMandatory: file handles only: Create fails when the shared directory's
+  //               file system cannot make them or open_by_handle_at is not
+  //               permitted; lookups on other file systems without them fail
+  //               with EOPNOTSUPP.
+  // open_by_handle_at needs CAP_DAC_READ_SEARCH (in the initial user
+  // namespace for most file systems). A node whose host inode was removed
+  // answers ESTALE (an fd-held one keeps the removed inode alive instead).
   enum class FileHandles { kNever, kPrefer, kMandatory };
   FileHandles inode_file_handles = FileHandles::kNever;
 
@@ -73,6 +85,12 @@ struct PassthroughOptions {
   // that pivots into the shared directory opens it before the pivot, when
   // /proc is still reachable by path.
   int proc_self_fd = -1;
+  // Guest <-> host uid and gid translation (virtiofsd's --translate-uid and
+  // --translate-gid; syntax in virtiofs/id_map.h): applied to the caller's
+  // ids of every request, to owners set by SETATTR, and to the owners in
+  // every attribute reply. POSIX ACL xattr values are passed unchanged.
+  IdMap translate_uid;
+  IdMap translate_gid;
   // Drop the process's supplementary groups at creation (CVE-2022-0358); a
   // library user who manages credentials itself can turn this off.
   bool drop_supplementary_groups = true;

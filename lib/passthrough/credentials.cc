@@ -1,6 +1,7 @@
 #include "lib/passthrough/credentials.h"
 
 #include <grp.h>
+#include <linux/capability.h>
 #include <sys/fsuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -25,6 +26,22 @@ bool SetFsUid(uid_t uid) {
 bool SetFsGid(gid_t gid) {
   syscall(SYS_setfsgid, gid);
   return static_cast<gid_t>(syscall(SYS_setfsgid, -1)) == gid;
+}
+
+// capget/capset as raw system calls act on the calling thread only.
+bool DropEffectiveCaps(__user_cap_data_struct saved[2]) {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  if (syscall(SYS_capget, &header, saved) != 0) return false;
+  if ((saved[0].effective | saved[1].effective) == 0) return false;  // Nothing to drop.
+  __user_cap_data_struct none[2] = {saved[0], saved[1]};
+  none[0].effective = none[1].effective = 0;
+  return syscall(SYS_capset, &header, none) == 0;
+}
+
+void RestoreCaps(const __user_cap_data_struct saved[2]) {
+  __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+  // Within the permitted set: cannot fail.
+  (void)syscall(SYS_capset, &header, saved);
 }
 
 }  // namespace
@@ -56,10 +73,17 @@ ScopedCredentials::ScopedCredentials(bool enabled, uid_t uid, gid_t gid,
     }
     t_fsuid = uid;
   }
+  if (uid != 0) {
+    static_assert(sizeof saved_caps_ == 2 * sizeof(__user_cap_data_struct));
+    caps_dropped_ = DropEffectiveCaps(reinterpret_cast<__user_cap_data_struct*>(saved_caps_));
+  }
 }
 
 ScopedCredentials::~ScopedCredentials() {
   if (!enabled_) return;
+  // Capabilities first (the saved set lacks the file-system ones, which
+  // setfsuid(0) below raises again).
+  if (caps_dropped_) RestoreCaps(reinterpret_cast<const __user_cap_data_struct*>(saved_caps_));
   // Back to the daemon's ids: the thread may do other work next (an
   // embedder's thread, a completion), which must not run as the guest user.
   if (t_fsuid != 0) {

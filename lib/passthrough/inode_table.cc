@@ -18,7 +18,17 @@ std::shared_ptr<Inode> InodeTable::Get(uint64_t id) const {
   return it == by_id_.end() ? nullptr : it->second;
 }
 
-std::shared_ptr<Inode> InodeTable::Intern(const InodeKey& key, uint32_t type, UniqueFd fd) {
+std::shared_ptr<Inode> InodeTable::Ref(const InodeKey& key) {
+  // Exclusive: a concurrent Forget must not drop the node between the find
+  // and the count.
+  std::unique_lock lock(mu_);
+  auto it = by_key_.find(key);
+  if (it == by_key_.end()) return nullptr;
+  it->second->lookups.fetch_add(1, std::memory_order_relaxed);
+  return it->second;
+}
+
+std::shared_ptr<Inode> InodeTable::Intern(const InodeKey& key, uint32_t type, InodeHold hold) {
   std::unique_lock lock(mu_);
   if (auto it = by_key_.find(key); it != by_key_.end()) {
     it->second->lookups.fetch_add(1, std::memory_order_relaxed);
@@ -28,7 +38,8 @@ std::shared_ptr<Inode> InodeTable::Intern(const InodeKey& key, uint32_t type, Un
   inode->id = next_id_++;
   inode->key = key;
   inode->type = type;
-  inode->fd = std::move(fd);
+  inode->fd = std::move(hold.fd);
+  inode->handle = std::move(hold.handle);
   inode->lookups = 1;
   by_key_[key] = inode;
   by_id_[inode->id] = inode;

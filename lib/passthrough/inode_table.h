@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <vector>
 
@@ -31,11 +32,42 @@ struct InodeKey {
   }
 };
 
+// A mount that file handles are opened through. open_by_handle_at refuses
+// O_PATH fds, so the first node met on the mount (its root, or the shared
+// directory) is kept as O_PATH and opened for real the first time a handle
+// is, as the daemon.
+struct HandleMount {
+  UniqueFd path;
+  bool is_dir = false;
+  std::mutex mu;
+  UniqueFd fd;
+  std::atomic<int> ready{-1};  // fd.get() once open.
+};
+
+// A file handle (name_to_handle_at) of a host inode, opened again with
+// open_by_handle_at through its mount, which the backend's mount table keeps
+// as long as the backend lives. Handles are made by the backend only, never
+// taken from the guest; the file system refuses one whose inode is gone
+// (ESTALE), its generation number telling a reused inode number apart.
+struct FileHandle {
+  int type = 0;
+  std::vector<uint8_t> bytes;
+  HandleMount* mount = nullptr;
+};
+
+// How a host inode is held: an O_PATH | O_NOFOLLOW fd, or a file handle
+// (then `fd` is not valid and no fd is open while no request uses it).
+struct InodeHold {
+  UniqueFd fd;
+  std::optional<FileHandle> handle;
+};
+
 struct Inode {
   uint64_t id = 0;
   InodeKey key;
   uint32_t type = 0;  // S_IFMT bits; a host inode never changes type.
-  UniqueFd fd;        // O_PATH | O_NOFOLLOW.
+  UniqueFd fd;        // O_PATH | O_NOFOLLOW, unless held by `handle`.
+  std::optional<FileHandle> handle;
   std::atomic<uint64_t> lookups{0};
 };
 
@@ -44,9 +76,11 @@ class InodeTable {
   // The root is node FUSE_ROOT_ID and is never forgotten.
   void SetRoot(std::shared_ptr<Inode> root);
   std::shared_ptr<Inode> Get(uint64_t id) const;
-  // The node for `key`, with one more lookup: the existing one (and `fd` is
-  // closed) or a new one made of `fd`.
-  std::shared_ptr<Inode> Intern(const InodeKey& key, uint32_t type, UniqueFd fd);
+  // The node for `key` with one more lookup, or null when there is none.
+  std::shared_ptr<Inode> Ref(const InodeKey& key);
+  // The node for `key`, with one more lookup: the existing one (and `hold`
+  // is dropped) or a new one made of `hold`.
+  std::shared_ptr<Inode> Intern(const InodeKey& key, uint32_t type, InodeHold hold);
   // Drops `n` lookups; the node goes when none are left.
   void Forget(uint64_t id, uint64_t n);
   // Forgets every node but the root.

@@ -59,9 +59,11 @@ void PassthroughFs::SetAttr(const RequestContext& ctx, uint64_t node, const SetA
     h = handles_.Get(*in.handle);
     if (!h) return reply.Error(EBADF);
   }
-  ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+  PathFd fd = Path(*inode);
+  if (!fd.ok()) return reply.Error(fd.error());
+  ScopedCredentials creds(as_root_, Ids(ctx));
   if (!creds.ok()) return reply.Error(creds.error());
-  const std::string self = ProcName(*inode);
+  const std::string self = fd.ProcName();
   const bool is_link = inode->type == S_IFLNK;
 
   if (in.valid & FATTR_MODE) {
@@ -74,9 +76,12 @@ void PassthroughFs::SetAttr(const RequestContext& ctx, uint64_t node, const SetA
     if (fchmodat(proc_fd_.get(), self.c_str(), mode, 0) != 0) return reply.Error(Errno());
   }
   if (in.valid & (FATTR_UID | FATTR_GID)) {
-    const uid_t uid = (in.valid & FATTR_UID) ? in.uid : static_cast<uid_t>(-1);
-    const gid_t gid = (in.valid & FATTR_GID) ? in.gid : static_cast<gid_t>(-1);
-    if (fchownat(inode->fd.get(), "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+    // The new owners as host ids; a forbidden guest id is refused.
+    std::optional<uint32_t> uid = static_cast<uid_t>(-1), gid = static_cast<gid_t>(-1);
+    if (in.valid & FATTR_UID) uid = options_.translate_uid.ToHost(in.uid);
+    if (in.valid & FATTR_GID) gid = options_.translate_gid.ToHost(in.gid);
+    if (!uid || !gid) return reply.Error(EPERM);
+    if (fchownat(fd.get(), "", *uid, *gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
       return reply.Error(Errno());
     }
   }
@@ -86,12 +91,12 @@ void PassthroughFs::SetAttr(const RequestContext& ctx, uint64_t node, const SetA
     if (h) {
       r = ftruncate(h->fd.get(), static_cast<off_t>(in.size));
     } else {
-      UniqueFd fd(openat(proc_fd_.get(), self.c_str(), O_WRONLY | O_CLOEXEC));
-      if (!fd.valid()) return reply.Error(Errno());
-      r = ftruncate(fd.get(), static_cast<off_t>(in.size));
+      UniqueFd file(openat(proc_fd_.get(), self.c_str(), O_WRONLY | O_CLOEXEC));
+      if (!file.valid()) return reply.Error(Errno());
+      r = ftruncate(file.get(), static_cast<off_t>(in.size));
       // HANDLE_KILLPRIV_V2: the guest asks; a root thread keeps CAP_FSETID,
       // so the host would not clear the bits by itself.
-      if (r == 0 && in.kill_suidgid()) KillSuidGid(fd.get());
+      if (r == 0 && in.kill_suidgid()) KillSuidGid(file.get());
     }
     if (r != 0) return reply.Error(Errno());
     if (in.kill_suidgid() && h) KillSuidGid(*h);
@@ -104,12 +109,12 @@ void PassthroughFs::SetAttr(const RequestContext& ctx, uint64_t node, const SetA
     t[1] = (in.valid & FATTR_MTIME_NOW) ? timespec{0, UTIME_NOW}
            : (in.valid & FATTR_MTIME)   ? in.mtime
                                         : timespec{0, UTIME_OMIT};
-    const int r = is_link ? utimensat(inode->fd.get(), "", t, AT_EMPTY_PATH)
+    const int r = is_link ? utimensat(fd.get(), "", t, AT_EMPTY_PATH)
                           : utimensat(proc_fd_.get(), self.c_str(), t, 0);
     if (r != 0) return reply.Error(Errno());
   }
   Attributes a;
-  if (int e = Attr(*inode, &a); e != 0) return reply.Error(e);
+  if (int e = AttrOf(fd.get(), &a); e != 0) return reply.Error(e);
   reply.Ok(a);
 }
 
@@ -117,7 +122,7 @@ void PassthroughFs::ReadDir(const RequestContext& ctx, uint64_t, uint64_t handle
                             bool plus, DirReply reply) {
   auto h = handles_.Get(handle);
   if (!h) return reply.Error(EBADF);
-  ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+  ScopedCredentials creds(as_root_, Ids(ctx));
   if (!creds.ok()) return reply.Error(creds.error());
   std::lock_guard lock(h->mu);
   if (!h->dir) {
@@ -161,7 +166,7 @@ void PassthroughFs::ReadDir(const RequestContext& ctx, uint64_t, uint64_t handle
         e.attr.st.st_mode = static_cast<mode_t>(DTTOIF(d->d_type));
         e.attr.timeout = 0;
         e.entry_timeout = 0;
-      } else if (DoLookup(*h->inode, name, &e) != 0) {
+      } else if (DoLookup(*h->inode, h->fd.get(), name, &e) != 0) {
         found = false;  // Gone meanwhile.
       }
       if (found && !reply.AddPlus(name, e, next)) {
@@ -173,6 +178,173 @@ void PassthroughFs::ReadDir(const RequestContext& ctx, uint64_t, uint64_t handle
     ds.offset = next;
   }
   reply.Ok();
+}
+
+// ---------------------------------------------------------------------------
+// File handles.
+
+namespace {
+
+// A struct file_handle with room for the largest handle.
+struct HandleBuffer {
+  HandleBuffer() { h()->handle_bytes = MAX_HANDLE_SZ; }
+  file_handle* h() { return reinterpret_cast<file_handle*>(storage); }
+  alignas(file_handle) unsigned char storage[sizeof(file_handle) + MAX_HANDLE_SZ];
+};
+
+}  // namespace
+
+PathFd PassthroughFs::OpenHandle(const FileHandle& fh) const {
+  HandleMount& m = *fh.mount;
+  int mount_fd = m.ready.load(std::memory_order_acquire);
+  if (mount_fd < 0) {
+    std::lock_guard lock(m.mu);
+    if (!m.fd.valid()) {
+      // O_NONBLOCK: never wait for a lease. Only a directory or a regular
+      // file is ever kept as a mount's node (Hold).
+      const int flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | (m.is_dir ? O_DIRECTORY : 0);
+      m.fd.reset(openat(proc_fd_.get(), std::to_string(m.path.get()).c_str(), flags));
+      if (!m.fd.valid()) return PathFd::Failed(Errno());
+      m.ready.store(m.fd.get(), std::memory_order_release);
+    }
+    mount_fd = m.fd.get();
+  }
+  HandleBuffer buf;
+  file_handle* h = buf.h();
+  h->handle_type = fh.type;
+  h->handle_bytes = static_cast<unsigned>(fh.bytes.size());
+  memcpy(h->f_handle, fh.bytes.data(), fh.bytes.size());
+  // Not path-resolved: the very inode the handle was made of, or ESTALE
+  // when it is gone (the handle's generation tells a reused inode number).
+  UniqueFd fd(open_by_handle_at(mount_fd, h, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return PathFd::Failed(Errno());
+  return PathFd::Own(std::move(fd));
+}
+
+HandleMount* PassthroughFs::Mount(int mount_id, int fd, bool is_dir) {
+  std::lock_guard lock(mounts_mu_);
+  auto it = mounts_.find(mount_id);
+  if (it != mounts_.end()) return it->second.get();
+  // The first node met on a mount is the mount's root (a guest enters a
+  // submount only through it) or the shared directory: keeping it pins no
+  // file that could be removed, and keeps the mount id from being reused.
+  auto m = std::make_unique<HandleMount>();
+  m->path.reset(fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!m->path.valid()) return nullptr;
+  m->is_dir = is_dir;
+  HandleMount* raw = m.get();
+  mounts_.emplace(mount_id, std::move(m));
+  return raw;
+}
+
+int PassthroughFs::Hold(UniqueFd fd, InodeHold* out, UniqueFd* spare) {
+  if (!use_handles_) {
+    out->fd = std::move(fd);
+    return 0;
+  }
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0) return Errno();
+  {
+    std::lock_guard lock(mounts_mu_);
+    if (no_handle_devs_.contains(st.st_dev)) {
+      if (options_.inode_file_handles == FileHandles::kMandatory) return EOPNOTSUPP;
+      out->fd = std::move(fd);
+      return 0;
+    }
+  }
+  HandleBuffer buf;
+  int mount_id = 0;
+  int err = 0;
+  HandleMount* mount = nullptr;
+  if (name_to_handle_at(fd.get(), "", buf.h(), &mount_id, AT_EMPTY_PATH) != 0) {
+    err = Errno();
+  } else if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+    // A special file is never opened, so it cannot serve as a mount's fd:
+    // held by its fd where it is the first node of its mount (a device
+    // bind-mounted alone), by handle where the mount is known.
+    std::lock_guard lock(mounts_mu_);
+    if (auto it = mounts_.find(mount_id); it != mounts_.end()) mount = it->second.get();
+    if (!mount) {
+      out->fd = std::move(fd);
+      return 0;
+    }
+  } else if (mount = Mount(mount_id, fd.get(), S_ISDIR(st.st_mode)); !mount) {
+    return Errno();  // EMFILE: not the file system's fault; try again later.
+  }
+  if (err == 0) {
+    FileHandle fh;
+    fh.type = buf.h()->handle_type;
+    fh.bytes.assign(buf.h()->f_handle, buf.h()->f_handle + buf.h()->handle_bytes);
+    fh.mount = mount;
+    out->handle = std::move(fh);
+    *spare = std::move(fd);
+    return 0;
+  }
+  if (err != EOPNOTSUPP && err != ENOTSUP && err != EOVERFLOW) return err;
+  const bool mandatory = options_.inode_file_handles == FileHandles::kMandatory;
+  {
+    std::lock_guard lock(mounts_mu_);
+    if (no_handle_devs_.insert(st.st_dev).second) {
+      VIRTIOFS_LOG(kWarning,
+                   "passthrough: the file system on device {}:{} cannot make file handles ({}); "
+                   "{}",
+                   major(st.st_dev), minor(st.st_dev), strerror(err),
+                   mandatory ? "inode_file_handles=mandatory: its files cannot be looked up"
+                             : "its inodes are held as O_PATH fds");
+    }
+  }
+  if (mandatory) return err;
+  out->fd = std::move(fd);
+  return 0;
+}
+
+absl::Status PassthroughFs::ProbeFileHandles() {
+  const bool mandatory = options_.inode_file_handles == FileHandles::kMandatory;
+  const int root = root_->fd.get();
+  HandleBuffer buf;
+  int mount_id = 0;
+  if (name_to_handle_at(root, "", buf.h(), &mount_id, AT_EMPTY_PATH) != 0) {
+    const int err = Errno();
+    if (mandatory) {
+      return absl::ErrnoToStatus(err, absl::StrFormat("inode_file_handles=mandatory: the file "
+                                                      "system of '%s' cannot make file handles",
+                                                      options_.root));
+    }
+    // Submounts may still have them: decided per file system.
+    VIRTIOFS_LOG(kWarning,
+                 "passthrough: '{}' cannot make file handles ({}); inodes on its file "
+                 "system are held as O_PATH fds",
+                 options_.root, strerror(err));
+    struct stat st;
+    if (fstat(root, &st) == 0) no_handle_devs_.insert(st.st_dev);
+    use_handles_ = true;
+    return absl::OkStatus();
+  }
+  HandleMount* mount = Mount(mount_id, root, true);
+  if (!mount) return absl::ErrnoToStatus(errno, "keep a mount fd");
+  // Opening needs CAP_DAC_READ_SEARCH (in the initial user namespace for
+  // most file systems): without it every open fails with EPERM.
+  FileHandle fh;
+  fh.type = buf.h()->handle_type;
+  fh.bytes.assign(buf.h()->f_handle, buf.h()->f_handle + buf.h()->handle_bytes);
+  fh.mount = mount;
+  PathFd fd = OpenHandle(fh);
+  if (!fd.ok()) {
+    const int err = fd.error();
+    if (mandatory) {
+      return absl::ErrnoToStatus(err,
+                                 "inode_file_handles=mandatory: open_by_handle_at fails (it needs "
+                                 "CAP_DAC_READ_SEARCH)");
+    }
+    VIRTIOFS_LOG(kWarning,
+                 "passthrough: open_by_handle_at: {} (it needs CAP_DAC_READ_SEARCH); "
+                 "inodes are held as O_PATH fds",
+                 strerror(err));
+    use_handles_ = false;
+    return absl::OkStatus();
+  }
+  use_handles_ = true;
+  return absl::OkStatus();
 }
 
 }  // namespace passthrough
@@ -191,9 +363,6 @@ absl::StatusOr<std::unique_ptr<PassthroughBackend>> PassthroughBackend::Create(
                     ? fcntl(options.proc_self_fd, F_DUPFD_CLOEXEC, 0)
                     : open("/proc/self/fd", O_PATH | O_DIRECTORY | O_CLOEXEC));
   if (!proc.valid()) return absl::ErrnoToStatus(errno, "open /proc/self/fd (is /proc mounted?)");
-  if (options.inode_file_handles == PassthroughOptions::FileHandles::kMandatory) {
-    return absl::UnimplementedError("inode_file_handles=mandatory is not implemented yet");
-  }
   if (options.drop_supplementary_groups && geteuid() == 0) {
     if (int e = passthrough::DropSupplementaryGroups(); e != 0) {
       return absl::ErrnoToStatus(e, "drop supplementary groups");

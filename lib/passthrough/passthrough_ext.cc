@@ -78,8 +78,8 @@ class ScopedNoCaps {
 // Members are destroyed in reverse: capabilities come back before the ids.
 class CallerCreds {
  public:
-  CallerCreds(bool as_root, const RequestContext& ctx)
-      : ids_(as_root, ctx.uid, ctx.gid), caps_(ids_.ok() && ctx.uid != 0) {}
+  CallerCreds(bool as_root, const HostIds& ids)
+      : ids_(as_root, ids), caps_(ids_.ok() && ids.uid != 0) {}
   int error() const { return ids_.ok() ? caps_.error() : ids_.error(); }
 
  private:
@@ -110,6 +110,7 @@ bool ProcPathIsOurs(int proc_fd) {
 // the node itself, a symlink included, never on a symlink's target (the l*
 // calls would act on the magic link instead and fail).
 struct XattrTarget {
+  PathFd node;  // The node's O_PATH fd while the call needs it.
   UniqueFd fd;
   std::string path;
 
@@ -133,12 +134,13 @@ struct XattrTarget {
 // the xattr call itself checks the caller's permission, and a file the
 // caller may write but not read must still take user.* xattrs, as on a
 // local file system.
-int OpenXattrTarget(int proc_fd, const Inode& inode, XattrTarget* t) {
-  const std::string self = std::to_string(inode.fd.get());
+int OpenXattrTarget(int proc_fd, const Inode& inode, PathFd node, XattrTarget* t) {
+  if (!node.ok()) return node.error();
+  t->node = std::move(node);
+  const std::string self = t->node.ProcName();
   if (inode.type == S_IFREG || inode.type == S_IFDIR) {
     // O_NONBLOCK: never wait for a lease to break.
-    const int flags =
-        O_RDONLY | O_NONBLOCK | O_CLOEXEC | (inode.type == S_IFDIR ? O_DIRECTORY : 0);
+    const int flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | (inode.type == S_IFDIR ? O_DIRECTORY : 0);
     t->fd.reset(openat(proc_fd, self.c_str(), flags));
     if (t->fd.valid()) return 0;
     // An unprivileged daemon may not be able to read the file: the path
@@ -175,11 +177,11 @@ int ReadWhole(F get, std::string* out) {
 // done here because the host only does it itself when it checked as that
 // caller without CAP_FSETID. As the daemon: the caller owned the file to set
 // its ACL.
-void KillSgidAfterAcl(int proc_fd, const RequestContext& ctx, const Inode& inode) {
+void KillSgidAfterAcl(int proc_fd, const HostIds& caller, const PathFd& node) {
   struct statx x;
-  if (StatxFd(inode.fd.get(), &x, STATX_MODE | STATX_GID) != 0) return;
-  if (!(x.stx_mode & S_ISGID) || ctx.uid == 0 || ctx.gid == x.stx_gid) return;
-  const std::string self = std::to_string(inode.fd.get());
+  if (StatxFd(node.get(), &x, STATX_MODE | STATX_GID) != 0) return;
+  if (!(x.stx_mode & S_ISGID) || caller.uid == 0 || caller.gid == x.stx_gid) return;
+  const std::string self = node.ProcName();
   if (fchmodat(proc_fd, self.c_str(), x.stx_mode & 07777 & ~S_ISGID, 0) != 0) {
     VIRTIOFS_LOG(kWarning, "passthrough: clearing S_ISGID after an ACL change: errno {}", errno);
   }
@@ -317,8 +319,8 @@ class PassthroughFs::LockWaiters {
     std::thread thread;
     std::function<int()> wait;
     Reply<void> reply{nullptr};
-    bool done = false;         // Guarded by mu_.
-    uint64_t generation = 0;   // interrupts_ when it started.
+    bool done = false;        // Guarded by mu_.
+    uint64_t generation = 0;  // interrupts_ when it started.
   };
   void Run(Waiter* w);
   void ReapLocked();
@@ -420,7 +422,8 @@ void PassthroughFs::LockWaiters::InterruptAll() {
   // the call starts is missed, so send again until each has answered.
   while (waiting()) {
     for (Waiter& w : waiters_) {
-      if (!w.done && w.generation < generation) pthread_kill(w.thread.native_handle(), WakeSignal());
+      if (!w.done && w.generation < generation)
+        pthread_kill(w.thread.native_handle(), WakeSignal());
     }
     cv_.wait_for(lock, std::chrono::milliseconds(5));
   }
@@ -444,6 +447,14 @@ PassthroughFs::LockWaiters::~LockWaiters() {
 // ---------------------------------------------------------------------------
 // Extended attributes.
 
+int PassthroughFs::SetNodeXattr(const Inode& node, const std::string& name,
+                                    const std::string& value) {
+  XattrTarget t;
+  if (int e = OpenXattrTarget(proc_fd_.get(), node, Path(node), &t); e != 0) return e;
+  std::span<const uint8_t> v(reinterpret_cast<const uint8_t*>(value.data()), value.size());
+  return t.Set(name.c_str(), v, 0) == 0 ? 0 : Errno();
+}
+
 void PassthroughFs::SetXattr(const RequestContext& ctx, uint64_t node, std::string_view name,
                              std::span<const uint8_t> value, uint32_t flags,
                              uint32_t setxattr_flags, Reply<void> reply) {
@@ -456,14 +467,15 @@ void PassthroughFs::SetXattr(const RequestContext& ctx, uint64_t node, std::stri
     if (int e = xattr_map_->ToHost(name, &n); e != 0) return reply.Error(e);
   }
   XattrTarget t;
-  if (int e = OpenXattrTarget(proc_fd_.get(), *inode, &t); e != 0) return reply.Error(e);
+  if (int e = OpenXattrTarget(proc_fd_.get(), *inode, Path(*inode), &t); e != 0)
+    return reply.Error(e);
   {
-    CallerCreds creds(as_root_, ctx);
+    CallerCreds creds(as_root_, Ids(ctx));
     if (int e = creds.error(); e != 0) return reply.Error(e);
     if (t.Set(n.c_str(), value, static_cast<int>(flags)) != 0) return reply.Error(Errno());
   }
   if ((setxattr_flags & FUSE_SETXATTR_ACL_KILL_SGID) && name == "system.posix_acl_access") {
-    KillSgidAfterAcl(proc_fd_.get(), ctx, *inode);
+    KillSgidAfterAcl(proc_fd_.get(), Ids(ctx), t.node);
   }
   reply.Ok();
 }
@@ -478,24 +490,25 @@ void PassthroughFs::GetXattr(const RequestContext& ctx, uint64_t node, std::stri
     if (int e = xattr_map_->ToHost(name, &n); e != 0) return reply.Error(e);
   }
   XattrTarget t;
-  if (int e = OpenXattrTarget(proc_fd_.get(), *inode, &t); e != 0) return reply.Error(e);
+  if (int e = OpenXattrTarget(proc_fd_.get(), *inode, Path(*inode), &t); e != 0)
+    return reply.Error(e);
   std::string value;
-  CallerCreds creds(as_root_, ctx);
+  CallerCreds creds(as_root_, Ids(ctx));
   if (int e = creds.error(); e != 0) return reply.Error(e);
   auto get = [&](char* buf, size_t size) { return t.Get(n.c_str(), buf, size); };
   if (int e = ReadWhole(get, &value); e != 0) return reply.Error(e);
   reply.Ok(value);  // The library answers size probes and ERANGE.
 }
 
-void PassthroughFs::ListXattr(const RequestContext& ctx, uint64_t node,
-                              Reply<std::string> reply) {
+void PassthroughFs::ListXattr(const RequestContext& ctx, uint64_t node, Reply<std::string> reply) {
   if (!options_.xattr) return reply.Error(ENOSYS);
   auto inode = inodes_.Get(node);
   if (!inode) return reply.Error(EBADF);
   XattrTarget t;
-  if (int e = OpenXattrTarget(proc_fd_.get(), *inode, &t); e != 0) return reply.Error(e);
+  if (int e = OpenXattrTarget(proc_fd_.get(), *inode, Path(*inode), &t); e != 0)
+    return reply.Error(e);
   std::string names;
-  CallerCreds creds(as_root_, ctx);
+  CallerCreds creds(as_root_, Ids(ctx));
   if (int e = creds.error(); e != 0) return reply.Error(e);
   auto list = [&](char* buf, size_t size) { return t.List(buf, size); };
   if (int e = ReadWhole(list, &names); e != 0) return reply.Error(e);
@@ -514,8 +527,9 @@ void PassthroughFs::RemoveXattr(const RequestContext& ctx, uint64_t node, std::s
     if (int e = xattr_map_->ToHost(name, &n); e != 0) return reply.Error(e);
   }
   XattrTarget t;
-  if (int e = OpenXattrTarget(proc_fd_.get(), *inode, &t); e != 0) return reply.Error(e);
-  CallerCreds creds(as_root_, ctx);
+  if (int e = OpenXattrTarget(proc_fd_.get(), *inode, Path(*inode), &t); e != 0)
+    return reply.Error(e);
+  CallerCreds creds(as_root_, Ids(ctx));
   if (int e = creds.error(); e != 0) return reply.Error(e);
   if (t.Remove(n.c_str()) != 0) return reply.Error(Errno());
   reply.Ok();
@@ -526,6 +540,19 @@ void PassthroughFs::RemoveXattr(const RequestContext& ctx, uint64_t node, std::s
 // host and other guests see them, and they go when the guest's open file
 // does (RELEASE closes the descriptor). `owner` is not used: locks belong to
 // the guest's open file (one FUSE handle), not to its process.
+//
+// Known deviation from POSIX (process-owned) locks, which the guest kernel
+// expects with FUSE_POSIX_LOCKS: it sends FLUSH with the closing process's
+// lock_owner on every close() so that the server drops that owner's locks
+// (fcntl(2): closing any fd of a file releases the process's locks on it).
+// FLUSH does not do that here; the locks go at RELEASE, the last close of
+// the guest's open file. The two differ only when that open file outlives
+// the close (dup()ed into, inherited by fork(), or passed to another
+// process): the locks then stay until the last holder closes it, and two
+// processes sharing one open file do not conflict with each other. QEMU's C
+// virtiofsd kept one OFD descriptor per (inode, lock_owner) and closed it at
+// FLUSH; doing the same here needs a descriptor per owner (fd budget) and is
+// left for later.
 
 void PassthroughFs::GetLk(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
                           const FileLock& lock, bool flock, Reply<FileLock> reply) {
@@ -594,8 +621,7 @@ void PassthroughFs::CopyFileRange(const RequestContext&, uint64_t, uint64_t hand
   if (!in || !out) return reply.Error(EBADF);
   // Offsets past INT64_MAX become negative: the host refuses them (EINVAL).
   loff_t off_in = static_cast<loff_t>(offset_in), off_out = static_cast<loff_t>(offset_out);
-  const ssize_t n =
-      copy_file_range(in->fd.get(), &off_in, out->fd.get(), &off_out, length, 0);
+  const ssize_t n = copy_file_range(in->fd.get(), &off_in, out->fd.get(), &off_out, length, 0);
   if (n < 0) return reply.Error(Errno());
   reply.Ok(static_cast<uint64_t>(n));
 }
@@ -632,22 +658,41 @@ void PassthroughFs::TmpFile(const RequestContext& ctx, uint64_t parent, uint32_t
   auto dir = inodes_.Get(parent);
   if (!dir) return reply.Error(EBADF);
   if (dir->type != S_IFDIR) return reply.Error(ENOTDIR);
-  ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
+  PathFd dir_fd = Path(*dir);
+  if (!dir_fd.ok()) return reply.Error(dir_fd.error());
+  ScopedCredentials creds(as_root_, Ids(ctx, true));
   if (!creds.ok()) return reply.Error(creds.error());
   // O_TMPFILE includes O_DIRECTORY; O_EXCL (never linkable) is kept.
   const int open_flags = (HostOpenFlags(flags) & ~O_TMPFILE) | O_TMPFILE | (flags & O_EXCL);
-  UniqueFd fd(openat(dir->fd.get(), ".", open_flags, Masked(mode, umask)));
+  UniqueFd fd(openat(dir_fd.get(), ".", open_flags, Masked(mode, umask)));
   if (!fd.valid()) return reply.Error(Errno());  // EOPNOTSUPP where the fs has none.
+  // FUSE_SECURITY_CTX: the label goes on through the open file; if the host
+  // refuses it the file, which has no name, goes with the fd.
+  if (ctx.security_context && options_.security_label) {
+    const auto& [guest_name, value] = *ctx.security_context;
+    std::string xattr = guest_name;
+    if (xattr_map_) {
+      if (int e = xattr_map_->ToHost(guest_name, &xattr); e != 0) return reply.Error(e);
+    }
+    if (fsetxattr(fd.get(), xattr.c_str(), value.data(), value.size(), 0) != 0) {
+      return reply.Error(Errno());
+    }
+  }
   // The node's own O_PATH descriptor, through the new file's /proc link.
   UniqueFd path(openat(proc_fd_.get(), std::to_string(fd.get()).c_str(), O_PATH | O_CLOEXEC));
   if (!path.valid()) return reply.Error(Errno());
   struct statx x;
   if (int e = StatxFd(path.get(), &x); e != 0) return reply.Error(e);
   const InodeKey key{x.stx_ino, makedev(x.stx_dev_major, x.stx_dev_minor), x.stx_mnt_id};
-  auto inode = inodes_.Intern(key, S_IFREG, std::move(path));
+  // Held by its fd even with file handles: a file without a name may not
+  // be openable by handle on every file system (and is rare).
+  InodeHold hold;
+  hold.fd = std::move(path);
+  auto inode = inodes_.Intern(key, S_IFREG, std::move(hold));
   CreateResult r;
   r.entry.node_id = inode->id;
   r.entry.attr.st = ToStat(x);
+  ToGuest(&r.entry.attr.st);
   r.entry.attr.timeout = AttrTimeout();
   r.entry.entry_timeout = AttrTimeout();
   auto h = std::make_shared<Handle>();
@@ -665,9 +710,10 @@ void PassthroughFs::SyncFs(const RequestContext&, uint64_t node, Reply<void> rep
   // not opened (special files never are).
   if (inode->type != S_IFDIR && inode->type != S_IFREG) return reply.Error(EINVAL);
   // syncfs(2) refuses O_PATH descriptors: a real one, opened as the daemon.
-  const int flags =
-      O_RDONLY | O_NONBLOCK | O_CLOEXEC | (inode->type == S_IFDIR ? O_DIRECTORY : 0);
-  UniqueFd fd(openat(proc_fd_.get(), ProcName(*inode).c_str(), flags));
+  const int flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC | (inode->type == S_IFDIR ? O_DIRECTORY : 0);
+  PathFd path = Path(*inode);
+  if (!path.ok()) return reply.Error(path.error());
+  UniqueFd fd(openat(proc_fd_.get(), path.ProcName().c_str(), flags));
   if (!fd.valid()) return reply.Error(Errno());
   if (syncfs(fd.get()) != 0) return reply.Error(Errno());
   reply.Ok();

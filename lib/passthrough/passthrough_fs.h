@@ -6,11 +6,11 @@
 
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
-#include <sched.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -19,6 +19,8 @@
 #include <optional>
 #include <string>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_format.h"
 #include "lib/fuse/fuse_compat.h"
 #include "lib/io/engines.h"
@@ -30,16 +32,18 @@
 
 namespace virtiofs::passthrough {
 
-
 using Cache = PassthroughOptions::Cache;
+using FileHandles = PassthroughOptions::FileHandles;
 
 inline int Errno() { return errno > 0 ? errno : EIO; }
 
-inline bool IsSpecial(uint32_t type) { return type != S_IFREG && type != S_IFDIR && type != S_IFLNK; }
+inline bool IsSpecial(uint32_t type) {
+  return type != S_IFREG && type != S_IFDIR && type != S_IFLNK;
+}
 
 // statx of what `fd` (O_PATH) refers to, symlinks not followed.
 inline int StatxFd(int fd, struct statx* out, uint32_t mask = STATX_BASIC_STATS | STATX_MNT_ID,
-            int sync_flags = AT_STATX_SYNC_AS_STAT) {
+                   int sync_flags = AT_STATX_SYNC_AS_STAT) {
   if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | sync_flags, mask, out) != 0) {
     return Errno();
   }
@@ -64,12 +68,51 @@ inline struct stat ToStat(const struct statx& x) {
   return st;
 }
 
+// The O_PATH fd one request uses for an inode: the inode's own (borrowed),
+// or, for an inode held by a file handle, one opened for the request and
+// closed with this object.
+class PathFd {
+ public:
+  PathFd() = default;
+  // `keep`, if given, keeps the inode (and its fd) alive as long as this.
+  static PathFd Borrow(int fd, std::shared_ptr<const Inode> keep = nullptr) {
+    PathFd p;
+    p.fd_ = fd;
+    p.keep_ = std::move(keep);
+    return p;
+  }
+  static PathFd Own(UniqueFd fd) {
+    PathFd p;
+    p.fd_ = fd.get();
+    p.owned_ = std::move(fd);
+    return p;
+  }
+  static PathFd Failed(int err) {
+    PathFd p;
+    p.err_ = err;
+    return p;
+  }
+  int get() const { return fd_; }
+  bool ok() const { return err_ == 0; }
+  int error() const { return err_; }
+  // "/proc/self/fd" relative name of the fd (reopens the very inode).
+  std::string ProcName() const { return std::to_string(fd_); }
+
+ private:
+  int fd_ = -1;
+  UniqueFd owned_;
+  std::shared_ptr<const Inode> keep_;
+  int err_ = 0;
+};
+
 class PassthroughFs final : public PassthroughBackend {
  public:
   PassthroughFs(PassthroughOptions options, UniqueFd proc_fd)
       : options_(std::move(options)), proc_fd_(std::move(proc_fd)), as_root_(geteuid() == 0) {}
 
   void set_xattr_map(std::optional<passthrough_internal::XattrMap> m) { xattr_map_ = std::move(m); }
+  // Sets an xattr on `node` itself, with the credentials in effect (0 or errno).
+  int SetNodeXattr(const Inode& node, const std::string& name, const std::string& value);
 
   absl::Status Init(UniqueFd root_fd) {
     struct statx x;
@@ -85,9 +128,16 @@ class PassthroughFs final : public PassthroughBackend {
     root->type = S_IFDIR;
     root->fd = std::move(root_fd);
     root_ = root;
+    if (options_.inode_file_handles != FileHandles::kNever) {
+      if (absl::Status s = ProbeFileHandles(); !s.ok()) return s;
+    }
     inodes_.SetRoot(std::move(root));
     return absl::OkStatus();
   }
+
+  // Whether inodes of this backend are held by file handles (for tests and
+  // stats; false with `never` or where `prefer` found them unusable).
+  bool file_handles_in_use() const { return use_handles_; }
 
   // ---- Backend ----
   uint64_t InitFlags() const override {
@@ -116,10 +166,15 @@ class PassthroughFs final : public PassthroughBackend {
               Reply<Entry> reply) override {
     auto p = inodes_.Get(parent);
     if (!p) return reply.Error(EBADF);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (p->type != S_IFDIR) return reply.Error(ENOTDIR);
+    // The parent's fd before switching ids: open_by_handle_at needs
+    // CAP_DAC_READ_SEARCH, which a non-root fsuid drops.
+    PathFd dir = Path(*p);
+    if (!dir.ok()) return reply.Error(dir.error());
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     Entry e;
-    if (int err = DoLookup(*p, name, &e); err != 0) return reply.Error(err);
+    if (int err = DoLookup(*p, dir.get(), name, &e); err != 0) return reply.Error(err);
     reply.Ok(e);
   }
 
@@ -139,11 +194,15 @@ class PassthroughFs final : public PassthroughBackend {
              uint32_t sx_mask, Reply<StatxResult> reply) override {
     auto inode = inodes_.Get(node);
     if (!inode) return reply.Error(EBADF);
+    PathFd fd = Path(*inode);
+    if (!fd.ok()) return reply.Error(fd.error());
     StatxResult r;
     const int sync = static_cast<int>(sx_flags & AT_STATX_SYNC_TYPE);
-    if (int e = StatxFd(inode->fd.get(), &r.stx, sx_mask | STATX_BASIC_STATS, sync); e != 0) {
+    if (int e = StatxFd(fd.get(), &r.stx, sx_mask | STATX_BASIC_STATS, sync); e != 0) {
       return reply.Error(e);
     }
+    r.stx.stx_uid = options_.translate_uid.ToGuest(r.stx.stx_uid);
+    r.stx.stx_gid = options_.translate_gid.ToGuest(r.stx.stx_gid);
     r.timeout = AttrTimeout();
     reply.Ok(r);
   }
@@ -155,8 +214,10 @@ class PassthroughFs final : public PassthroughBackend {
     auto inode = inodes_.Get(node);
     if (!inode) return reply.Error(EBADF);
     if (inode->type != S_IFLNK) return reply.Error(EINVAL);
+    PathFd fd = Path(*inode);
+    if (!fd.ok()) return reply.Error(fd.error());
     char buf[PATH_MAX];
-    ssize_t n = readlinkat(inode->fd.get(), "", buf, sizeof buf);
+    ssize_t n = readlinkat(fd.get(), "", buf, sizeof buf);
     if (n < 0) return reply.Error(Errno());
     reply.Ok(std::string(buf, static_cast<size_t>(n)));
   }
@@ -170,9 +231,8 @@ class PassthroughFs final : public PassthroughBackend {
   void Mknod(const RequestContext& ctx, uint64_t parent, std::string_view name, uint32_t mode,
              uint32_t rdev, uint32_t umask, Reply<Entry> reply) override {
     std::string n(name);
-    Make(ctx, parent, name, std::move(reply), [&](int dirfd) {
-      return mknodat(dirfd, n.c_str(), Masked(mode, umask), rdev);
-    });
+    Make(ctx, parent, name, std::move(reply),
+         [&](int dirfd) { return mknodat(dirfd, n.c_str(), Masked(mode, umask), rdev); });
   }
   void Mkdir(const RequestContext& ctx, uint64_t parent, std::string_view name, uint32_t mode,
              uint32_t umask, Reply<Entry> reply) override {
@@ -194,10 +254,14 @@ class PassthroughFs final : public PassthroughBackend {
     if (options_.readonly) return reply.Error(EROFS);
     auto from = inodes_.Get(parent), to = inodes_.Get(new_parent);
     if (!from || !to) return reply.Error(EBADF);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    PathFd from_fd = Path(*from);
+    if (!from_fd.ok()) return reply.Error(from_fd.error());
+    PathFd to_fd = Path(*to);
+    if (!to_fd.ok()) return reply.Error(to_fd.error());
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     std::string a(name), b(new_name);
-    if (syscall(SYS_renameat2, from->fd.get(), a.c_str(), to->fd.get(), b.c_str(), flags) != 0) {
+    if (syscall(SYS_renameat2, from_fd.get(), a.c_str(), to_fd.get(), b.c_str(), flags) != 0) {
       return reply.Error(Errno());
     }
     reply.Ok();
@@ -208,27 +272,33 @@ class PassthroughFs final : public PassthroughBackend {
     auto inode = inodes_.Get(node), dir = inodes_.Get(new_parent);
     if (!inode || !dir) return reply.Error(EBADF);
     if (inode->type == S_IFDIR) return reply.Error(EPERM);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    if (dir->type != S_IFDIR) return reply.Error(ENOTDIR);
+    PathFd fd = Path(*inode);
+    if (!fd.ok()) return reply.Error(fd.error());
+    PathFd dir_fd = Path(*dir);
+    if (!dir_fd.ok()) return reply.Error(dir_fd.error());
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     std::string n(new_name);
     // Through the inode's /proc link: the very inode, without the
     // CAP_DAC_READ_SEARCH that AT_EMPTY_PATH needs.
-    const std::string self = ProcName(*inode);
-    if (linkat(proc_fd_.get(), self.c_str(), dir->fd.get(), n.c_str(), AT_SYMLINK_FOLLOW) != 0) {
+    const std::string self = fd.ProcName();
+    if (linkat(proc_fd_.get(), self.c_str(), dir_fd.get(), n.c_str(), AT_SYMLINK_FOLLOW) != 0) {
       return reply.Error(Errno());
     }
     Entry e;
-    if (int err = DoLookup(*dir, new_name, &e); err != 0) return reply.Error(err);
+    if (int err = DoLookup(*dir, dir_fd.get(), new_name, &e); err != 0) return reply.Error(err);
     reply.Ok(e);
   }
-  void Access(const RequestContext& ctx, uint64_t node, uint32_t mask,
-              Reply<void> reply) override {
+  void Access(const RequestContext& ctx, uint64_t node, uint32_t mask, Reply<void> reply) override {
     auto inode = inodes_.Get(node);
     if (!inode) return reply.Error(EBADF);
     if (options_.readonly && (mask & W_OK) && inode->type != S_IFLNK) return reply.Error(EROFS);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    PathFd fd = Path(*inode);
+    if (!fd.ok()) return reply.Error(fd.error());
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
-    const std::string self = ProcName(*inode);
+    const std::string self = fd.ProcName();
     // AT_EACCESS: check as the fs ids set above, not the real ones.
     if (faccessat(proc_fd_.get(), self.c_str(), static_cast<int>(mask), AT_EACCESS) != 0) {
       return reply.Error(Errno());
@@ -238,8 +308,10 @@ class PassthroughFs final : public PassthroughBackend {
   void StatFs(const RequestContext&, uint64_t node, Reply<struct statvfs> reply) override {
     auto inode = inodes_.Get(node);
     if (!inode) return reply.Error(EBADF);
+    PathFd fd = Path(*inode);
+    if (!fd.ok()) return reply.Error(fd.error());
     struct statvfs v;
-    if (fstatvfs(inode->fd.get(), &v) != 0) return reply.Error(Errno());
+    if (fstatvfs(fd.get(), &v) != 0) return reply.Error(Errno());
     reply.Ok(v);
   }
 
@@ -252,13 +324,15 @@ class PassthroughFs final : public PassthroughBackend {
     // Devices, fifos and sockets are never opened on the host
     // (CVE-2020-35517): the guest kernel serves those nodes itself.
     if (IsSpecial(inode->type)) return reply.Error(EPERM);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
-    if (!creds.ok()) return reply.Error(creds.error());
     const int open_flags = HostOpenFlags(flags);
     if (options_.readonly && ((open_flags & O_ACCMODE) != O_RDONLY || (open_flags & O_TRUNC))) {
       return reply.Error(EROFS);
     }
-    UniqueFd fd(openat(proc_fd_.get(), ProcName(*inode).c_str(), open_flags));
+    PathFd path = Path(*inode);
+    if (!path.ok()) return reply.Error(path.error());
+    ScopedCredentials creds(as_root_, Ids(ctx));
+    if (!creds.ok()) return reply.Error(creds.error());
+    UniqueFd fd(openat(proc_fd_.get(), path.ProcName().c_str(), open_flags));
     if (!fd.valid()) return reply.Error(Errno());
     auto h = std::make_shared<Handle>();
     h->inode = inode;
@@ -272,19 +346,22 @@ class PassthroughFs final : public PassthroughBackend {
     if (options_.readonly) return reply.Error(EROFS);
     auto dir = inodes_.Get(parent);
     if (!dir) return reply.Error(EBADF);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
+    if (dir->type != S_IFDIR) return reply.Error(ENOTDIR);
+    PathFd dir_fd = Path(*dir);
+    if (!dir_fd.ok()) return reply.Error(dir_fd.error());
+    ScopedCredentials creds(as_root_, Ids(ctx, true));
     if (!creds.ok()) return reply.Error(creds.error());
     std::string n(name);
     // O_EXCL first: only a file we create is opened this way. O_NOFOLLOW: a
     // symlink planted under this name is not followed out.
-    UniqueFd fd(openat(dir->fd.get(), n.c_str(), HostOpenFlags(flags) | O_CREAT | O_EXCL |
-                       O_NOFOLLOW, Masked(mode, umask)));
+    UniqueFd fd(openat(dir_fd.get(), n.c_str(),
+                       HostOpenFlags(flags) | O_CREAT | O_EXCL | O_NOFOLLOW, Masked(mode, umask)));
     const bool created = fd.valid();
     if (!fd.valid() && errno == EEXIST && !(flags & O_EXCL)) {
       // The name exists: open it as OPEN would, which never opens a device,
       // fifo or socket on the host (CVE-2020-35517). The O_PATH fd pins the
       // inode between the type check and the open.
-      UniqueFd path(openat(dir->fd.get(), n.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+      UniqueFd path(openat(dir_fd.get(), n.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
       if (!path.valid()) return reply.Error(Errno());
       struct statx x;
       if (int e = StatxFd(path.get(), &x); e != 0) return reply.Error(e);
@@ -295,9 +372,12 @@ class PassthroughFs final : public PassthroughBackend {
     }
     if (!fd.valid()) return reply.Error(Errno());
     CreateResult r;
-    if (int err = DoLookup(*dir, name, &r.entry); err != 0) return reply.Error(err);
+    PathFd node_fd;
+    if (int err = DoLookup(*dir, dir_fd.get(), name, &r.entry, &node_fd); err != 0) {
+      return reply.Error(err);
+    }
     if (created) {
-      if (int err = ApplySecurityContext(ctx, *dir, name, r.entry); err != 0) {
+      if (int err = ApplySecurityContext(ctx, dir_fd.get(), name, r.entry); err != 0) {
         return reply.Error(err);
       }
     }
@@ -327,8 +407,7 @@ class PassthroughFs final : public PassthroughBackend {
 
   // Data moves straight between the file and guest memory through the
   // queue's engine (the handle stays open until the completion).
-  void Read(const RequestContext& ctx, uint64_t, const ReadRequest& req,
-            ReadReply reply) override {
+  void Read(const RequestContext& ctx, uint64_t, const ReadRequest& req, ReadReply reply) override {
     auto h = handles_.Get(req.handle);
     if (!h) return reply.Error(EBADF);
     auto iov = reply.buffers();
@@ -345,7 +424,7 @@ class PassthroughFs final : public PassthroughBackend {
     auto h = handles_.Get(req.handle);
     if (!h) return reply.Error(EBADF);
     // As the caller while the synchronous engine writes inline.
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     const bool kill = (req.write_flags & FUSE_WRITE_KILL_SUIDGID) != 0;
     DataEngine(ctx, *h).Writev(h->fd.get(), req.data, static_cast<int64_t>(req.offset),
@@ -356,6 +435,8 @@ class PassthroughFs final : public PassthroughBackend {
                                });
   }
 
+  // Nothing to flush (no data is buffered here). The lock_owner's POSIX
+  // locks are not released: see the lock notes in passthrough_ext.cc.
   void Flush(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
              Reply<void> reply) override {
     if (!handles_.Get(handle)) return reply.Error(EBADF);
@@ -383,10 +464,12 @@ class PassthroughFs final : public PassthroughBackend {
     auto inode = inodes_.Get(node);
     if (!inode) return reply.Error(EBADF);
     if (inode->type != S_IFDIR) return reply.Error(ENOTDIR);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    PathFd path = Path(*inode);
+    if (!path.ok()) return reply.Error(path.error());
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
-    UniqueFd fd(openat(proc_fd_.get(), ProcName(*inode).c_str(),
-                       O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    UniqueFd fd(
+        openat(proc_fd_.get(), path.ProcName().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!fd.valid()) return reply.Error(Errno());
     auto h = std::make_shared<Handle>();
     h->inode = inode;
@@ -486,7 +569,48 @@ class PassthroughFs final : public PassthroughBackend {
   // after the times would move mtime on the host again.
   void FinishQueuedIo(const RequestContext& ctx) const;
 
-  std::string ProcName(const Inode& inode) const { return std::to_string(inode.fd.get()); }
+  // The caller as host ids (uid/gid translation); with `create`, also the
+  // supplementary group FUSE_CREATE_SUPP_GROUP sent.
+  HostIds Ids(const RequestContext& ctx, bool create = false) const {
+    HostIds ids;
+    auto uid = options_.translate_uid.ToHost(ctx.uid);
+    auto gid = options_.translate_gid.ToHost(ctx.gid);
+    if (!uid || !gid) {
+      ids.error = EPERM;  // forbid-guest
+      return ids;
+    }
+    ids.uid = *uid;
+    ids.gid = *gid;
+    if (create && ctx.supplementary_gid) {
+      // A forbidden supplementary group is left out, not an error: the
+      // caller's own ids are allowed.
+      if (auto g = options_.translate_gid.ToHost(*ctx.supplementary_gid)) ids.supplementary = *g;
+    }
+    return ids;
+  }
+  // Owners in a reply, as the guest sees them.
+  void ToGuest(struct stat* st) const {
+    st->st_uid = options_.translate_uid.ToGuest(st->st_uid);
+    st->st_gid = options_.translate_gid.ToGuest(st->st_gid);
+  }
+
+  // The O_PATH fd of `inode` for one request: its own, or opened from its
+  // file handle (ESTALE when the host inode is gone). Called before the
+  // request's ids are switched: open_by_handle_at needs
+  // CAP_DAC_READ_SEARCH.
+  PathFd Path(const Inode& inode) const {
+    if (!inode.handle) return PathFd::Borrow(inode.fd.get());
+    return OpenHandle(*inode.handle);
+  }
+  PathFd OpenHandle(const FileHandle& fh) const;
+  // How a newly found inode is held, from its O_PATH fd: the fd itself, or
+  // its file handle (the fd goes to `spare`). Errors only with mandatory
+  // handles.
+  int Hold(UniqueFd fd, InodeHold* out, UniqueFd* spare);
+  // The mount table's entry for `mount_id`, made of `fd` (an O_PATH fd on
+  // that mount) the first time; null with errno when it cannot be kept.
+  HandleMount* Mount(int mount_id, int fd, bool is_dir);
+  absl::Status ProbeFileHandles();
 
   // With FUSE_DONT_MASK the guest left the umask to us; otherwise it is
   // already applied and applying it again changes nothing.
@@ -495,9 +619,12 @@ class PassthroughFs final : public PassthroughBackend {
   double AttrTimeout() const {
     if (options_.timeout) return *options_.timeout;
     switch (options_.cache) {
-      case Cache::kNever: return 0;
-      case Cache::kAuto: return 1;
-      default: return 86400;
+      case Cache::kNever:
+        return 0;
+      case Cache::kAuto:
+        return 1;
+      default:
+        return 86400;
     }
   }
 
@@ -531,9 +658,15 @@ class PassthroughFs final : public PassthroughBackend {
   }
 
   int Attr(const Inode& inode, Attributes* a) const {
+    PathFd fd = Path(inode);
+    if (!fd.ok()) return fd.error();
+    return AttrOf(fd.get(), a);
+  }
+  int AttrOf(int fd, Attributes* a) const {
     struct statx x;
-    if (int e = StatxFd(inode.fd.get(), &x); e != 0) return e;
+    if (int e = StatxFd(fd, &x); e != 0) return e;
     a->st = ToStat(x);
+    ToGuest(&a->st);
     a->timeout = AttrTimeout();
     if (options_.announce_submounts && S_ISDIR(x.stx_mode) && x.stx_mnt_id != root_->key.mnt_id) {
       a->flags |= FUSE_ATTR_SUBMOUNT;
@@ -541,13 +674,16 @@ class PassthroughFs final : public PassthroughBackend {
     return 0;
   }
 
-  // Looks `name` up under `parent`; one more lookup of the node on success.
-  int DoLookup(Inode& parent, std::string_view name, Entry* e) {
+  // Looks `name` up under `parent` (whose fd, O_PATH or open, is
+  // `parent_fd`); one more lookup of the node on success. `node_fd`, if
+  // given, receives an fd of the node valid for this request.
+  int DoLookup(const Inode& parent, int parent_fd, std::string_view name, Entry* e,
+               PathFd* node_fd = nullptr) {
     if (parent.type != S_IFDIR) return ENOTDIR;
     const std::string n(name);
     // ".." of the root is the root: the guest never leaves the share.
     const char* target = parent.id == FUSE_ROOT_ID && name == ".." ? "." : n.c_str();
-    UniqueFd fd(openat(parent.fd.get(), target, O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    UniqueFd fd(openat(parent_fd, target, O_PATH | O_NOFOLLOW | O_CLOEXEC));
     if (!fd.valid()) return Errno();
     // ".." of a directory the host moved out of the share would lead out:
     // it must still reach the root going up.
@@ -555,10 +691,26 @@ class PassthroughFs final : public PassthroughBackend {
     struct statx x;
     if (int err = StatxFd(fd.get(), &x); err != 0) return err;
     InodeKey key{x.stx_ino, makedev(x.stx_dev_major, x.stx_dev_minor), x.stx_mnt_id};
-    auto inode = inodes_.Intern(key, x.stx_mode & S_IFMT, std::move(fd));
+    // A known node gets one more lookup; a new one is held as configured.
+    std::shared_ptr<Inode> inode = inodes_.Ref(key);
+    if (!inode) {
+      InodeHold hold;
+      UniqueFd spare;  // The fd, when the hold does not keep it.
+      if (int err = Hold(std::move(fd), &hold, &spare); err != 0) return err;
+      inode = inodes_.Intern(key, x.stx_mode & S_IFMT, std::move(hold));
+      fd = std::move(spare);
+    }
+    if (node_fd) {
+      if (inode->fd.valid()) {
+        *node_fd = PathFd::Borrow(inode->fd.get(), inode);
+      } else {
+        *node_fd = fd.valid() ? PathFd::Own(std::move(fd)) : Path(*inode);
+      }
+    }
     e->node_id = inode->id;
     e->generation = 0;
     e->attr.st = ToStat(x);
+    ToGuest(&e->attr.st);
     e->attr.timeout = AttrTimeout();
     e->entry_timeout = AttrTimeout();
     if (options_.announce_submounts && S_ISDIR(x.stx_mode) && key.mnt_id != root_->key.mnt_id) {
@@ -575,34 +727,39 @@ class PassthroughFs final : public PassthroughBackend {
     auto dir = inodes_.Get(parent);
     if (!dir) return reply.Error(EBADF);
     if (dir->type != S_IFDIR) return reply.Error(ENOTDIR);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid, ctx.supplementary_gid);
+    PathFd dir_fd = Path(*dir);
+    if (!dir_fd.ok()) return reply.Error(dir_fd.error());
+    ScopedCredentials creds(as_root_, Ids(ctx, true));
     if (!creds.ok()) return reply.Error(creds.error());
-    if (make(dir->fd.get()) != 0) return reply.Error(Errno());
+    if (make(dir_fd.get()) != 0) return reply.Error(Errno());
     Entry e;
-    if (int err = DoLookup(*dir, name, &e); err != 0) return reply.Error(err);
-    if (int err = ApplySecurityContext(ctx, *dir, name, e); err != 0) return reply.Error(err);
+    PathFd node_fd;
+    if (int err = DoLookup(*dir, dir_fd.get(), name, &e, &node_fd); err != 0) {
+      return reply.Error(err);
+    }
+    if (int err = ApplySecurityContext(ctx, dir_fd.get(), name, e); err != 0) {
+      return reply.Error(err);
+    }
     reply.Ok(e);
   }
 
   // FUSE_SECURITY_CTX: a node the guest created gets the guest's label as it
   // appears, or it is removed again and the creation fails (a node must not
-  // stay without its label). Set through the node's /proc link, which acts
-  // on the node itself (a symlink's own inode, not its target).
-  int ApplySecurityContext(const RequestContext& ctx, const Inode& dir, std::string_view name,
+  // stay without its label). Set as xattr calls are (SetNodeXattr): on
+  // the node itself (a symlink's own inode, not its target), and never
+  // through a /proc path that a sandbox's root would resolve in the share.
+  int ApplySecurityContext(const RequestContext& ctx, int dir_fd, std::string_view name,
                            const Entry& e) {
     if (!ctx.security_context || !options_.security_label) return 0;
     auto node = inodes_.Get(e.node_id);
     if (!node) return EIO;
-    const std::string path = "/proc/self/fd/" + std::to_string(node->fd.get());
     const auto& [guest_name, value] = *ctx.security_context;
     std::string xattr = guest_name;
     int err = xattr_map_ ? xattr_map_->ToHost(guest_name, &xattr) : 0;
-    if (err == 0) {
-      if (setxattr(path.c_str(), xattr.c_str(), value.data(), value.size(), 0) == 0) return 0;
-      err = Errno();
-    }
+    if (err == 0) err = SetNodeXattr(*node, xattr, value);
+    if (err == 0) return 0;
     const std::string n(name);
-    (void)unlinkat(dir.fd.get(), n.c_str(), node->type == S_IFDIR ? AT_REMOVEDIR : 0);
+    (void)unlinkat(dir_fd, n.c_str(), node->type == S_IFDIR ? AT_REMOVEDIR : 0);
     inodes_.Forget(e.node_id, 1);
     return err;
   }
@@ -612,10 +769,12 @@ class PassthroughFs final : public PassthroughBackend {
     if (options_.readonly) return reply.Error(EROFS);
     auto dir = inodes_.Get(parent);
     if (!dir) return reply.Error(EBADF);
-    ScopedCredentials creds(as_root_, ctx.uid, ctx.gid);
+    PathFd dir_fd = Path(*dir);
+    if (!dir_fd.ok()) return reply.Error(dir_fd.error());
+    ScopedCredentials creds(as_root_, Ids(ctx));
     if (!creds.ok()) return reply.Error(creds.error());
     std::string n(name);
-    if (unlinkat(dir->fd.get(), n.c_str(), flags) != 0) return reply.Error(Errno());
+    if (unlinkat(dir_fd.get(), n.c_str(), flags) != 0) return reply.Error(Errno());
     reply.Ok();
   }
 
@@ -658,6 +817,13 @@ class PassthroughFs final : public PassthroughBackend {
   std::optional<passthrough_internal::XattrMap> xattr_map_;  // --xattrmap
   UniqueFd proc_fd_;  // O_PATH of /proc/self/fd.
   const bool as_root_;
+  // Inodes are held by file handles (where the file system makes them).
+  bool use_handles_ = false;
+  // Mount id -> an fd on that mount, for open_by_handle_at; file systems
+  // without handles (logged once each).
+  mutable std::mutex mounts_mu_;
+  absl::flat_hash_map<int, std::unique_ptr<HandleMount>> mounts_;
+  absl::flat_hash_set<uint64_t> no_handle_devs_;
   std::shared_ptr<Inode> root_;
   std::atomic<uint64_t> flags_{0};
   InodeTable inodes_;

@@ -59,6 +59,13 @@ inline int CountProcEntries(const char* dir) {
   return n;
 }
 inline int CountFds() { return CountProcEntries("/proc/self/fd") - 1; }  // Minus the DIR's.
+
+// The passthrough suites run a second time with inodes held by file handles
+// (tests/meson.build sets VIRTIOFS_TEST_FILE_HANDLES=mandatory for that run).
+inline bool TestWithFileHandles() {
+  const char* v = std::getenv("VIRTIOFS_TEST_FILE_HANDLES");
+  return v != nullptr && std::string_view(v) == "mandatory";
+}
 inline int CountThreads() { return CountProcEntries("/proc/self/task"); }
 
 }  // namespace virtiofs::testing
