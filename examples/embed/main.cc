@@ -210,7 +210,7 @@ class GuestDriver {
     in.unique = unique_ += 2;
     in.nodeid = nodeid;
     std::memcpy(ram_ + kRequestAddr, &in, sizeof in);
-    std::memcpy(ram_ + kRequestAddr + sizeof in, body.data(), body.size());
+    if (!body.empty()) std::memcpy(ram_ + kRequestAddr + sizeof in, body.data(), body.size());
 
     // A chain of two descriptors: the request (device-readable), then the
     // reply space (device-writable). The ring is used one request at a
