@@ -74,7 +74,9 @@ full_matrix() {
   done
 }
 
-has_option() { "$1" --help 2>&1 | grep -q -- "$2"; }
+# The whole help first: grep -q would stop reading early, and the daemon's
+# SIGPIPE would then fail the pipeline (pipefail).
+has_option() { local help; help=$("$1" --help 2>&1); grep -q -- "$2" <<<"$help"; }
 
 # Prints the daemon command line for a configuration, or nothing when this
 # daemon cannot serve it (the reason on stderr).
