@@ -13,6 +13,12 @@
 //   fsbench limit --dir DIR --target limit --queues Q --workloads .. --depths ..
 //       the same host system calls in a loop, no virtio (one thread per
 //       "queue"; depth does not apply, each depth row is measured anew).
+//   fsbench soak --socket PATH --pid PID [--requests N] [--rounds R] [--queues Q]
+//                [--depths D] [--anon-slack-kb K] [--out CSV]
+//       N mixed requests (every kind in kMixed, each reply checked) in R
+//       rounds; after each round the serving process's RSS, anonymous
+//       memory, open fds and threads are sampled (CSV). Exits 1 unless the
+//       fds stay as after round 1 and anonymous memory within K KiB of it.
 //   fsbench report --csv FILE [--rss FILE] [--markdown] [--plot-data FILE]
 //       prints the table with ratios; writes the chart's data.
 //
@@ -281,6 +287,7 @@ class QueueDriver {
     bool op_started = false;
     int name = 0;
     uint32_t entries = 0;  // READDIRPLUS entries seen in this listing.
+    std::string kind;      // mixed: the operation this slot is doing.
   };
 
   uint8_t* Host(uint64_t gpa);
@@ -290,6 +297,12 @@ class QueueDriver {
   // operation is complete.
   bool Complete(Slot& s, const std::string& w, uint32_t len, uint64_t* bytes, uint64_t* entries);
   void Forget(uint64_t nodeid);
+  // BATCH_FORGET of one lookup each (Linux batches forgets this way).
+  void ForgetMany(const std::vector<uint64_t>& nodeids);
+  // Queues one hiprio message (no reply); the caller holds hiprio_mu.
+  void SendHiprio(const void* msg, uint32_t len);
+  // mixed: picks the next operation of a slot.
+  const char* PickKind();
 
   Session* s_;
   uint32_t index_;
@@ -312,7 +325,29 @@ struct Session {
   std::atomic<uint64_t> create_seq{0};
   uint64_t shared_fh = 0;    // The file read-* / write-* go through.
   uint64_t forget_area = 0;  // FORGET buffers on the hiprio queue.
+  // Every request sent (hiprio ones included), and how many may be: a
+  // queue thread starts no new operation once `requests` reaches `budget`.
+  std::atomic<uint64_t> requests{0};
+  uint64_t budget = UINT64_MAX;
 };
+
+// The hiprio queue: one buffer per avail slot, reused once the ring has gone
+// round (the device completes FORGETs in order).
+constexpr uint32_t kHiprioSlot = 1024;
+// mixed: the operations and their weights (see README "Soak").
+const std::vector<std::pair<const char*, int>> kMixed = {
+    {"getattr", 20},      {"lookup-forget", 15}, {"lookup-missing", 5}, {"open-release", 10},
+    {"read-4k-rand", 15}, {"file-life", 10},     {"mkdir-rmdir", 5},    {"readdir-page", 5},
+    {"statfs", 5},        {"chmod", 5},          {"flush", 5},
+};
+constexpr uint32_t kFileLifeBytes = 4096;
+
+// The 4 KiB a file-life operation writes and reads back: its number, then a
+// pattern of it.
+void FillPattern(uint8_t* p, uint64_t seq) {
+  std::memcpy(p, &seq, sizeof seq);
+  for (uint32_t i = sizeof seq; i < kFileLifeBytes; ++i) p[i] = static_cast<uint8_t>(seq * 31 + i);
+}
 
 QueueDriver::QueueDriver(Session* s, uint32_t index, uint64_t ring_gpa, uint64_t data_gpa,
                          uint64_t data_size)
@@ -342,7 +377,7 @@ void QueueDriver::Submit(Slot& s, const std::string& w) {
   h.unique = s.unique = (next_unique_ += 2);
   size_t body = 0;
   uint8_t* b = p + sizeof h;
-  bool payload = false;
+  uint32_t payload = 0;  // Bytes of s.payload after the request.
   s.reply_cap = 4096;
   auto name = [&](const std::string& n) {
     std::memcpy(b + body, n.c_str(), n.size() + 1);
@@ -399,7 +434,7 @@ void QueueDriver::Submit(Slot& s, const std::string& w) {
     in.flags = O_WRONLY;
     Put(b, in);
     body = sizeof in;
-    payload = true;
+    payload = 1 << 20;
   } else if (w == "create-unlink") {
     const std::string n = "c" + std::to_string(s.name);
     if (s.step == 0) {
@@ -446,28 +481,200 @@ void QueueDriver::Submit(Slot& s, const std::string& w) {
       Put(b, in);
       body = sizeof in;
     }
+  } else if (w == "lookup-forget" || w == "lookup-missing") {
+    h.opcode = FUSE_LOOKUP;
+    h.nodeid = s_->names_node;
+    name((w == "lookup-forget" ? "f" : "missing") + std::to_string(rng_() % kNames));
+  } else if (w == "flush") {  // OPEN, FLUSH, RELEASE: what close(2) sends.
+    h.nodeid = s_->data_node;
+    if (s.step == 0) {
+      h.opcode = FUSE_OPEN;
+      fuse_open_in in{};
+      in.flags = O_RDONLY;
+      Put(b, in);
+      body = sizeof in;
+    } else if (s.step == 1) {
+      h.opcode = FUSE_FLUSH;
+      fuse_flush_in in{};
+      in.fh = s.fh;
+      in.lock_owner = 0x1000 + index_;
+      Put(b, in);
+      body = sizeof in;
+    } else {
+      h.opcode = FUSE_RELEASE;
+      fuse_release_in in{};
+      in.fh = s.fh;
+      in.flags = O_RDONLY;
+      Put(b, in);
+      body = sizeof in;
+    }
+  } else if (w == "file-life") {
+    // CREATE, WRITE 4 KiB, FSYNC, READ it back, SETATTR size, RELEASE,
+    // RENAME, UNLINK (then a FORGET on the hiprio queue).
+    const std::string n = "m" + std::to_string(s.name);
+    const std::string renamed = "r" + std::to_string(s.name);
+    h.nodeid = s.nodeid;
+    switch (s.step) {
+      case 0: {
+        h.opcode = FUSE_CREATE;
+        h.nodeid = s_->cu_node;
+        fuse_create_in in{};
+        in.flags = O_RDWR | O_CREAT | O_EXCL;
+        in.mode = S_IFREG | 0644;
+        Put(b, in);
+        body = sizeof in;
+        name(n);
+        break;
+      }
+      case 1: {
+        h.opcode = FUSE_WRITE;
+        fuse_write_in in{};
+        in.fh = s.fh;
+        in.size = kFileLifeBytes;
+        in.flags = O_RDWR;
+        Put(b, in);
+        body = sizeof in;
+        FillPattern(Host(s.payload), static_cast<uint64_t>(s.name));
+        payload = kFileLifeBytes;
+        break;
+      }
+      case 2: {
+        h.opcode = FUSE_FSYNC;
+        fuse_fsync_in in{};
+        in.fh = s.fh;
+        Put(b, in);
+        body = sizeof in;
+        break;
+      }
+      case 3: {
+        h.opcode = FUSE_READ;
+        fuse_read_in in{};
+        in.fh = s.fh;
+        in.size = kFileLifeBytes;
+        in.flags = O_RDWR;
+        Put(b, in);
+        body = sizeof in;
+        s.reply_cap = sizeof(fuse_out_header) + kFileLifeBytes;
+        break;
+      }
+      case 4: {
+        h.opcode = FUSE_SETATTR;
+        fuse_setattr_in in{};
+        in.valid = FATTR_SIZE | FATTR_FH;
+        in.fh = s.fh;
+        in.size = 1000;
+        Put(b, in);
+        body = sizeof in;
+        break;
+      }
+      case 5: {
+        h.opcode = FUSE_RELEASE;
+        fuse_release_in in{};
+        in.fh = s.fh;
+        in.flags = O_RDWR;
+        Put(b, in);
+        body = sizeof in;
+        break;
+      }
+      case 6: {
+        h.opcode = FUSE_RENAME;
+        h.nodeid = s_->cu_node;
+        fuse_rename_in in{};
+        in.newdir = s_->cu_node;
+        Put(b, in);
+        body = sizeof in;
+        name(n);
+        name(renamed);
+        break;
+      }
+      default:
+        h.opcode = FUSE_UNLINK;
+        h.nodeid = s_->cu_node;
+        name(renamed);
+        break;
+    }
+  } else if (w == "mkdir-rmdir") {
+    const std::string n = "d" + std::to_string(s.name);
+    h.nodeid = s_->cu_node;
+    if (s.step == 0) {
+      h.opcode = FUSE_MKDIR;
+      fuse_mkdir_in in{};
+      in.mode = 0755;
+      in.umask = 022;
+      Put(b, in);
+      body = sizeof in;
+    } else {
+      h.opcode = FUSE_RMDIR;
+    }
+    name(n);
+  } else if (w == "readdir-page") {  // The first page of names/, its entries forgotten.
+    h.nodeid = s_->names_node;
+    if (s.step == 0) {
+      h.opcode = FUSE_OPENDIR;
+      Put(b, fuse_open_in{});
+      body = sizeof(fuse_open_in);
+    } else if (s.step == 1) {
+      h.opcode = FUSE_READDIRPLUS;
+      fuse_read_in in{};
+      in.fh = s.fh;
+      in.size = kReaddirSize;
+      Put(b, in);
+      body = sizeof in;
+      s.reply_cap = sizeof(fuse_out_header) + kReaddirSize;
+    } else {
+      h.opcode = FUSE_RELEASEDIR;
+      fuse_release_in in{};
+      in.fh = s.fh;
+      Put(b, in);
+      body = sizeof in;
+    }
+  } else if (w == "statfs") {
+    h.opcode = FUSE_STATFS;
+    h.nodeid = FUSE_ROOT_ID;
+  } else if (w == "chmod") {
+    h.opcode = FUSE_SETATTR;
+    h.nodeid = s_->data_node;
+    fuse_setattr_in in{};
+    in.valid = FATTR_MODE;
+    in.mode = S_IFREG | 0644;
+    Put(b, in);
+    body = sizeof in;
   } else {
     Die("unknown workload " + w);
   }
-  h.len = static_cast<uint32_t>(sizeof h + body + (payload ? (1u << 20) : 0));
+  h.len = static_cast<uint32_t>(sizeof h + body + payload);
   Put(p, h);
   s.opcode = h.opcode;
   DriverQueue::Buffer bufs[3];
   size_t n = 0;
   bufs[n++] = {s.req, static_cast<uint32_t>(sizeof h + body), false};
-  if (payload) bufs[n++] = {s.payload, 1u << 20, false};
+  if (payload != 0) bufs[n++] = {s.payload, payload, false};
   bufs[n++] = {s.reply, s.reply_cap, true};
   auto head = q_->AddChainNoPublish(std::span(bufs, n));
   if (!head) Die("ring full");
   slot_of_head_[*head] = static_cast<int>(&s - slots_.data());
 }
 
-void QueueDriver::Forget(uint64_t nodeid) {
-  // Linux sends FORGET on the high-priority queue, no reply.
-  std::lock_guard lock(s_->hiprio_mu);
+void QueueDriver::SendHiprio(const void* msg, uint32_t len) {
   DriverQueue& hq = *s_->hiprio;
   while (hq.PopUsed()) {
   }
+  if (len > kHiprioSlot) Die("hiprio message too long");
+  const uint64_t buf = s_->forget_area + uint64_t{kHiprioSlot} * (hq.avail_idx() % kQueueSize);
+  std::memcpy(Host(buf), msg, len);
+  DriverQueue::Buffer b{buf, len, false};
+  const uint16_t old = hq.avail_idx();
+  if (!hq.AddChain(std::span(&b, 1))) {
+    // The daemon is behind on hiprio; wait for it.
+    for (int i = 0; i < 1000 && !hq.PopUsed(); ++i) usleep(100);
+    if (!hq.AddChain(std::span(&b, 1))) Die("hiprio queue full");
+  }
+  s_->requests.fetch_add(1, std::memory_order_relaxed);
+  if (hq.DeviceWantsKick(old)) s_->fe->Kick(0);
+}
+
+void QueueDriver::Forget(uint64_t nodeid) {
+  // Linux sends FORGET on the high-priority queue, no reply.
   struct {
     fuse_in_header h;
     fuse_forget_in f;
@@ -477,18 +684,46 @@ void QueueDriver::Forget(uint64_t nodeid) {
   msg.h.unique = (next_unique_ += 2);
   msg.h.nodeid = nodeid;
   msg.f.nlookup = 1;
-  // One 64-byte buffer per avail slot: the daemon is done with it once the
-  // ring has gone round (FORGETs complete in order).
-  const uint64_t buf = s_->forget_area + 64 * (hq.avail_idx() % kQueueSize);
-  std::memcpy(Host(buf), &msg, sizeof msg);
-  DriverQueue::Buffer b{buf, sizeof msg, false};
-  const uint16_t old = hq.avail_idx();
-  if (!hq.AddChain(std::span(&b, 1))) {
-    // The daemon is behind on hiprio; wait for it.
-    for (int i = 0; i < 1000 && !hq.PopUsed(); ++i) usleep(100);
-    if (!hq.AddChain(std::span(&b, 1))) Die("hiprio queue full");
+  std::lock_guard lock(s_->hiprio_mu);
+  SendHiprio(&msg, sizeof msg);
+}
+
+void QueueDriver::ForgetMany(const std::vector<uint64_t>& nodeids) {
+  constexpr size_t kMax = (kHiprioSlot - sizeof(fuse_in_header) - sizeof(fuse_batch_forget_in)) /
+                          sizeof(fuse_forget_one);
+  for (size_t first = 0; first < nodeids.size(); first += kMax) {
+    const size_t count = std::min(kMax, nodeids.size() - first);
+    uint8_t msg[kHiprioSlot] = {};
+    fuse_in_header h{};
+    h.len = static_cast<uint32_t>(sizeof h + sizeof(fuse_batch_forget_in) +
+                                  count * sizeof(fuse_forget_one));
+    h.opcode = FUSE_BATCH_FORGET;
+    h.unique = (next_unique_ += 2);
+    fuse_batch_forget_in in{};
+    in.count = static_cast<uint32_t>(count);
+    std::memcpy(msg, &h, sizeof h);
+    std::memcpy(msg + sizeof h, &in, sizeof in);
+    for (size_t i = 0; i < count; ++i) {
+      const fuse_forget_one one{nodeids[first + i], 1};
+      std::memcpy(msg + sizeof h + sizeof in + i * sizeof one, &one, sizeof one);
+    }
+    std::lock_guard lock(s_->hiprio_mu);
+    SendHiprio(msg, h.len);
   }
-  if (hq.DeviceWantsKick(old)) s_->fe->Kick(0);
+}
+
+const char* QueueDriver::PickKind() {
+  static const int total = [] {
+    int t = 0;
+    for (const auto& [k, weight] : kMixed) t += weight;
+    return t;
+  }();
+  int r = static_cast<int>(rng_() % total);
+  for (const auto& [k, weight] : kMixed) {
+    if (r < weight) return k;
+    r -= weight;
+  }
+  return kMixed.front().first;
 }
 
 bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t* bytes,
@@ -497,6 +732,10 @@ bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t
   fuse_out_header oh;
   std::memcpy(&oh, Host(s.reply), sizeof oh);
   if (oh.unique != s.unique || oh.len != len) Die("reply does not match the request");
+  if (w == "lookup-missing") {
+    if (oh.error != -ENOENT) error = "LOOKUP of a missing name: error " + std::to_string(oh.error);
+    return true;
+  }
   if (oh.error != 0) {
     error = "opcode " + std::to_string(s.opcode) + " failed: " + std::strerror(-oh.error);
     return true;
@@ -544,6 +783,113 @@ bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t
     Forget(s.nodeid);
     s.step = 0;
     s.name = static_cast<int>(s_->create_seq.fetch_add(1));
+    return true;
+  }
+  if (w == "lookup-forget") {
+    fuse_entry_out e;
+    if (body_len < sizeof e) Die("short LOOKUP reply");
+    std::memcpy(&e, body, sizeof e);
+    Forget(e.nodeid);
+    return true;
+  }
+  if (w == "flush") {
+    if (s.step == 0) {
+      fuse_open_out o;
+      std::memcpy(&o, body, sizeof o);
+      s.fh = o.fh;
+    }
+    s.step = (s.step + 1) % 3;
+    return s.step == 0;
+  }
+  if (w == "file-life") {
+    switch (s.step) {
+      case 0: {
+        fuse_entry_out e;
+        fuse_open_out o;
+        std::memcpy(&e, body, sizeof e);
+        std::memcpy(&o, body + sizeof e, sizeof o);
+        s.nodeid = e.nodeid;
+        s.fh = o.fh;
+        break;
+      }
+      case 1: {
+        fuse_write_out out;
+        std::memcpy(&out, body, sizeof out);
+        if (out.size != kFileLifeBytes) {
+          error = "file-life: WRITE wrote " + std::to_string(out.size);
+          return true;
+        }
+        break;
+      }
+      case 3: {
+        uint8_t want[kFileLifeBytes];
+        FillPattern(want, static_cast<uint64_t>(s.name));
+        if (body_len != kFileLifeBytes || std::memcmp(body, want, kFileLifeBytes) != 0) {
+          error = "file-life: READ did not return what WRITE wrote (" + std::to_string(body_len) +
+                  " bytes)";
+          return true;
+        }
+        *bytes += body_len;
+        break;
+      }
+      case 4: {
+        fuse_attr_out a;
+        std::memcpy(&a, body, sizeof a);
+        if (a.attr.size != 1000) {
+          error = "file-life: SETATTR size gave " + std::to_string(a.attr.size);
+          return true;
+        }
+        break;
+      }
+      default:
+        break;
+    }
+    if (++s.step <= 7) return false;
+    Forget(s.nodeid);
+    s.step = 0;
+    s.name = static_cast<int>(s_->create_seq.fetch_add(1));
+    return true;
+  }
+  if (w == "mkdir-rmdir") {
+    if (s.step == 0) {
+      fuse_entry_out e;
+      std::memcpy(&e, body, sizeof e);
+      s.nodeid = e.nodeid;
+      s.step = 1;
+      return false;
+    }
+    Forget(s.nodeid);
+    s.step = 0;
+    s.name = static_cast<int>(s_->create_seq.fetch_add(1));
+    return true;
+  }
+  if (w == "readdir-page") {
+    if (s.step == 0) {
+      fuse_open_out o;
+      std::memcpy(&o, body, sizeof o);
+      s.fh = o.fh;
+      s.step = 1;
+      return false;
+    }
+    if (s.step == 1) {
+      std::vector<uint64_t> looked_up;
+      uint32_t pos = 0;
+      while (pos + sizeof(fuse_direntplus) <= body_len) {
+        fuse_direntplus d;
+        std::memcpy(&d, body + pos, sizeof d);
+        if (d.entry_out.nodeid != 0) looked_up.push_back(d.entry_out.nodeid);
+        pos += FUSE_DIRENTPLUS_SIZE(&d);
+      }
+      if (looked_up.empty()) {
+        error = "readdir-page: no entry in the first page of names/";
+        return true;
+      }
+      *entries += looked_up.size();
+      ForgetMany(looked_up);
+      s.step = 2;
+      return false;
+    }
+    s.step = 0;
     return true;
   }
   if (w == "readdirplus-10k") {
@@ -599,7 +945,10 @@ void QueueDriver::Run(const std::string& w, int depth, Clock::time_point measure
     ready.push_back(i);
   }
   // Files that a workload reads or writes through: one open per slot.
-  const bool needs_fh = w.rfind("read-", 0) == 0 || w == "write-1m-seq";
+  const bool mixed = w == "mixed";
+  auto needs_fh = [](const std::string& kind) {
+    return kind.rfind("read-", 0) == 0 || kind == "write-1m-seq";
+  };
   int in_flight = 0;
   bool stopping = false;
   for (;;) {
@@ -610,12 +959,14 @@ void QueueDriver::Run(const std::string& w, int depth, Clock::time_point measure
       for (int i : ready) {
         Slot& s = slots_[i];
         if (!s.op_started) {
-          if (stopping) continue;
+          if (stopping || s_->requests.load(std::memory_order_relaxed) >= s_->budget) continue;
           s.op_started = true;
           s.started = now;
+          s.kind = mixed ? PickKind() : w;
         }
-        if (needs_fh) s.fh = s_->shared_fh;
-        Submit(s, w);
+        if (needs_fh(s.kind)) s.fh = s_->shared_fh;
+        Submit(s, s.kind);
+        s_->requests.fetch_add(1, std::memory_order_relaxed);
         ++in_flight;
       }
       ready.clear();
@@ -633,7 +984,7 @@ void QueueDriver::Run(const std::string& w, int depth, Clock::time_point measure
       slot_of_head_[u->id] = -1;
       Slot& s = slots_[idx];
       uint64_t bytes = 0, entries = 0;
-      const bool done = Complete(s, w, u->len, &bytes, &entries);
+      const bool done = Complete(s, s.kind, u->len, &bytes, &entries);
       if (!error.empty()) return;
       if (done) {
         s.op_started = false;
@@ -736,6 +1087,11 @@ struct Options {
   double seconds = 1.0, warmup = 0.2;
   int repeat = 1;
   int pid = -1;
+  // soak
+  uint64_t requests = 1000000;
+  int rounds = 10;
+  long anon_slack_kb = 2048;
+  std::string out;
 };
 
 // A listing of 10,000 entries takes 100 ms or more: its window is at least
@@ -764,8 +1120,10 @@ void RecordRss(const Options& o, std::FILE* rss, const std::string& phase) {
   std::fflush(rss);
 }
 
-int RunDaemon(const Options& o) {
-  Session s;
+// Connects to the daemon, negotiates, maps guest RAM, starts the queues,
+// sends FUSE_INIT and looks up the fixture's nodes. Returns 3 when the daemon
+// offers fewer request queues than asked for, 0 when ready.
+int SetUp(Session& s, const Options& o, fuse_init_out* init_out) {
   auto fe = Frontend::Connect(o.socket, 10000);
   if (!fe.ok()) Die(fe.status().ToString());
   s.fe = *std::move(fe);
@@ -799,7 +1157,7 @@ int RunDaemon(const Options& o) {
   s.ram = GuestRam::CreateOrDie(total);
   if (auto st = s.fe->SetMemTable(*s.ram); !st.ok()) Die(st.ToString());
   s.hiprio = std::make_unique<DriverQueue>(*s.ram, kQueueSize, 0, rings, hiprio_data, true, false);
-  s.forget_area = s.hiprio->Alloc(64 * kQueueSize, 64);
+  s.forget_area = s.hiprio->Alloc(uint64_t{kHiprioSlot} * kQueueSize, 64);
   if (auto st = s.fe->StartVring(0, *s.hiprio); !st.ok()) Die(st.ToString());
   for (int i = 0; i < o.queues; ++i) {
     s.queues.push_back(std::make_unique<QueueDriver>(
@@ -822,6 +1180,32 @@ int RunDaemon(const Options& o) {
   s.wfile_node = Lookup(s, FUSE_ROOT_ID, "wfile");
   std::fprintf(stderr, "fsbench: %s: max_write %u max_pages %u\n", o.target.c_str(), io->max_write,
                io->max_pages);
+  *init_out = *io;
+  return 0;
+}
+
+// The process that serves: a daemon in a sandbox forks (a supervisor stays
+// outside and waits for a child that serves), so follow single children.
+int ServingPid(int pid) {
+  for (int depth = 0; pid > 0 && depth < 4; ++depth) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
+                     "/children");
+    std::vector<int> children;
+    int c;
+    while (in >> c) children.push_back(c);
+    if (children.size() != 1) break;
+    pid = children[0];
+  }
+  return pid;
+}
+
+int RunDaemon(const Options& given) {
+  Session s;
+  fuse_init_out init{};
+  if (int rc = SetUp(s, given, &init); rc != 0) return rc;
+  Options o = given;
+  o.pid = ServingPid(given.pid);  // The queues are started: a sandboxed daemon has forked.
+  const fuse_init_out* io = &init;
   std::FILE* rss = o.rss_out.empty() ? nullptr : std::fopen(o.rss_out.c_str(), "a");
   RecordRss(o, rss, "idle");
 
@@ -887,6 +1271,127 @@ int RunDaemon(const Options& o) {
   }
   if (rss) std::fclose(rss);
   return 0;
+}
+
+// ---- Soak: millions of mixed requests, the daemon's memory and fds sampled ------
+
+struct ProcSample {
+  long rss_kb = -1, anon_kb = -1, file_kb = -1, shmem_kb = -1, threads = -1;
+  int fds = -1;
+};
+
+ProcSample SampleProcess(int pid) {
+  ProcSample p;
+  p.rss_kb = ReadRssKb(pid, "VmRSS:");
+  p.anon_kb = ReadRssKb(pid, "RssAnon:");
+  p.file_kb = ReadRssKb(pid, "RssFile:");
+  p.shmem_kb = ReadRssKb(pid, "RssShmem:");
+  p.threads = ReadRssKb(pid, "Threads:");
+  if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
+    p.fds = 0;
+    while (dirent* e = readdir(d)) {
+      if (e->d_name[0] != '.') ++p.fds;
+    }
+    closedir(d);
+  }
+  return p;
+}
+
+// Waits until the daemon has taken every hiprio message (FORGETs): then the
+// inodes they release are gone and their fds closed.
+bool WaitHiprioDrained(Session& s) {
+  for (int i = 0; i < 10000; ++i) {
+    {
+      std::lock_guard lock(s.hiprio_mu);
+      while (s.hiprio->PopUsed()) {
+      }
+      if (s.hiprio->used_idx() == s.hiprio->avail_idx()) return true;
+    }
+    usleep(1000);
+  }
+  return false;
+}
+
+// Runs `requests` mixed requests in `rounds`; after each round (all
+// operations finished, every FORGET taken) samples the serving process.
+// Round 1 warms up (allocator arenas, the inode table, io_uring); from then
+// on the open fds must stay exactly as after round 1 and the anonymous
+// memory within `anon_slack_kb` of it.
+int RunSoak(const Options& given) {
+  Session s;
+  fuse_init_out init{};
+  if (int rc = SetUp(s, given, &init); rc != 0) return rc;
+  Options o = given;
+  o.pid = ServingPid(given.pid);
+  const int depth = o.depths.empty() ? 16 : o.depths.front();
+  if (depth < 1 || depth > static_cast<int>(kMaxDepth)) Die("depth 1..64");
+  s.shared_fh = Open(s, s.data_node, O_RDONLY);
+  for (auto& qd : s.queues) qd->q().ResetAlloc();
+  std::FILE* out = o.out.empty() ? stdout : std::fopen(o.out.c_str(), "w");
+  if (out == nullptr) Die("cannot write " + o.out);
+  std::fprintf(out, "round,requests,seconds,rss_kb,anon_kb,file_kb,shmem_kb,fds,threads\n");
+  std::fprintf(stderr,
+               "fsbench soak: %s (pid %d serving), %" PRIu64
+               " mixed requests, %d queue(s) x depth %d, %d rounds\n",
+               o.target.c_str(), o.pid, o.requests, o.queues, depth, o.rounds);
+  std::vector<ProcSample> samples;
+  const auto start = Clock::now();
+  for (int round = 1; round <= o.rounds; ++round) {
+    s.budget = o.requests * round / o.rounds;
+    const auto until = Clock::now() + std::chrono::hours(24 * 7);
+    std::vector<std::thread> threads;
+    for (auto& qd : s.queues) {
+      QueueDriver* d = qd.get();
+      threads.emplace_back([&, d] { d->Run("mixed", depth, Clock::now(), until); });
+    }
+    for (auto& t : threads) t.join();
+    for (auto& qd : s.queues) {
+      if (!qd->error.empty()) Die(o.target + " soak, round " + std::to_string(round) + ": " + qd->error);
+    }
+    if (!WaitHiprioDrained(s)) Die("the daemon left FORGETs on the hiprio queue for 10 s");
+    const ProcSample p = SampleProcess(o.pid);
+    if (p.anon_kb < 0 || p.fds < 0) Die("cannot read /proc/" + std::to_string(o.pid));
+    samples.push_back(p);
+    const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+    const uint64_t done = s.requests.load();
+    std::fprintf(out, "%d,%" PRIu64 ",%.1f,%ld,%ld,%ld,%ld,%d,%ld\n", round, done, secs, p.rss_kb,
+                 p.anon_kb, p.file_kb, p.shmem_kb, p.fds, p.threads);
+    std::fflush(out);
+    std::fprintf(stderr,
+                 "fsbench soak: round %d/%d: %" PRIu64
+                 " requests, %.0f/s; anon %ld KiB, rss %ld KiB, %d fds, %ld threads\n",
+                 round, o.rounds, done, done / secs, p.anon_kb, p.rss_kb, p.fds, p.threads);
+  }
+  Release(s, s.data_node, s.shared_fh);
+  if (out != stdout) std::fclose(out);
+
+  // The verdict.
+  const ProcSample& base = samples.front();
+  bool ok = true;
+  long anon_max = base.anon_kb;
+  for (size_t i = 1; i < samples.size(); ++i) {
+    anon_max = std::max(anon_max, samples[i].anon_kb);
+    if (samples[i].fds != base.fds) {
+      std::fprintf(stderr, "fsbench soak: FAIL: %d open fds after round %zu, %d after round 1\n",
+                   samples[i].fds, i + 1, base.fds);
+      ok = false;
+    }
+  }
+  const long growth = anon_max - base.anon_kb;
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  std::fprintf(stderr,
+               "fsbench soak: %" PRIu64
+               " requests in %.1f s (%.0f/s); fds %d after round 1, %d at the end; anonymous "
+               "memory %ld KiB after round 1, %ld KiB at most, %ld KiB at the end (growth %ld "
+               "KiB, allowed %ld)\n",
+               s.requests.load(), secs, s.requests.load() / secs, base.fds, samples.back().fds,
+               base.anon_kb, anon_max, samples.back().anon_kb, growth, o.anon_slack_kb);
+  if (growth > o.anon_slack_kb) {
+    std::fprintf(stderr, "fsbench soak: FAIL: anonymous memory grew by %ld KiB\n", growth);
+    ok = false;
+  }
+  std::fprintf(stderr, "fsbench soak: %s\n", ok ? "flat" : "NOT flat");
+  return ok ? 0 : 1;
 }
 
 // ---- The machine's limit: the same host system calls, no virtio ---------------------
@@ -1215,11 +1720,19 @@ Options ParseOptions(int argc, char** argv, int first) {
       o.pid = std::stoi(next());
     else if (a == "--rss-out")
       o.rss_out = next();
+    else if (a == "--requests")
+      o.requests = std::stoull(next());
+    else if (a == "--rounds")
+      o.rounds = std::stoi(next());
+    else if (a == "--anon-slack-kb")
+      o.anon_slack_kb = std::stol(next());
+    else if (a == "--out")
+      o.out = next();
     else
       Die("unknown option " + a);
   }
   for (const auto& w : o.workloads) {
-    if (std::find(kWorkloads.begin(), kWorkloads.end(), w) == kWorkloads.end())
+    if (w != "mixed" && std::find(kWorkloads.begin(), kWorkloads.end(), w) == kWorkloads.end())
       Die("unknown workload " + w);
   }
   if (o.queues < 1 || o.queues > 8) Die("--queues 1..8");
@@ -1232,7 +1745,8 @@ Options ParseOptions(int argc, char** argv, int first) {
 int main(int argc, char** argv) {
   if (argc < 2) {
     std::fprintf(stderr,
-                 "usage: fsbench prepare DIR | daemon --socket P ... | limit --dir D ... | "
+                 "usage: fsbench prepare DIR | daemon --socket P ... | soak --socket P --pid N ... | "
+                 "limit --dir D ... | "
                  "report --csv F [--markdown] [--plot-data F]\n");
     return 2;
   }
@@ -1262,6 +1776,12 @@ int main(int argc, char** argv) {
   if (cmd == "daemon") {
     if (o.socket.empty() || o.target.empty()) Die("daemon needs --socket and --target");
     return RunDaemon(o);
+  }
+  if (cmd == "soak") {
+    if (o.socket.empty() || o.pid <= 0) Die("soak needs --socket and --pid");
+    if (o.target.empty()) o.target = "daemon";
+    if (o.rounds < 2 || o.requests < static_cast<uint64_t>(o.rounds)) Die("--rounds >= 2, <= --requests");
+    return RunSoak(o);
   }
   if (cmd == "limit") {
     if (o.dir.empty()) Die("limit needs --dir");

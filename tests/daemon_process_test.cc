@@ -523,5 +523,108 @@ TEST_CASE("at exit the daemon logs how many requests each queue completed") {
   CHECK(text.find("requests completed per queue: 0:0 1:4") != std::string::npos);
 }
 
+// Open fds of a process.
+int CountFdsOf(pid_t pid) {
+  int n = 0;
+  for (auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    (void)e;
+    ++n;
+  }
+  return n;
+}
+
+// Puts a SETLKW on `node` that the host's lock on it blocks, then a burst of
+// 1 MiB WRITEs, and returns without waiting for any answer.
+void LockWaitAndWrites(Session& s, uint64_t node, uint64_t fh) {
+  fuse_lk_in lk{};
+  lk.fh = fh;
+  lk.owner = 0x77;
+  lk.lk.type = F_WRLCK;
+  lk.lk.end = INT64_MAX;
+  const std::string mib(1 << 20, 'w');
+  std::vector<std::vector<uint8_t>> reqs;
+  reqs.push_back(BuildRequest(FUSE_SETLKW, s.unique += 2, node, FuseBody().Add(lk).bytes()));
+  for (int i = 0; i < 8; ++i) {
+    fuse_write_in w{};
+    w.fh = fh;
+    w.offset = static_cast<uint64_t>(i) << 20;
+    w.size = 1 << 20;
+    reqs.push_back(
+        BuildRequest(FUSE_WRITE, s.unique += 2, node, FuseBody().Add(w).Raw(mib).bytes()));
+  }
+  for (auto& r : reqs) {
+    const uint64_t in = s.q.Alloc(r.size());
+    s.ram->Write(in, r.data(), r.size());
+    const uint64_t out = s.q.Alloc(4096);
+    const DriverQueue::Buffer chain[] = {{in, static_cast<uint32_t>(r.size()), false},
+                                         {out, 4096, true}};
+    REQUIRE(s.q.AddChainNoPublish(chain));
+  }
+  s.q.Publish();
+  s.fe->Kick(1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // Taken, the lock waiting.
+}
+
+TEST_CASE("the front-end leaves with a lock wait and writes in flight") {
+  SECTION("default: the daemon exits 0 without waiting for the lock") {
+    Session s({"-o", "posix_lock"});
+    auto [node, fh] = s.Create("locked");
+    // The host holds a lock on the file, so the guest's SETLKW waits.
+    const int host = open((s.share + "/locked").c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(host >= 0);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    REQUIRE(fcntl(host, F_OFD_SETLK, &fl) == 0);
+    LockWaitAndWrites(s, node, fh);
+    s.fe.reset();  // The VMM goes away.
+    auto st = s.daemon->Wait(10000);
+    REQUIRE(st.has_value());
+    CHECK(WIFEXITED(*st));
+    CHECK(WEXITSTATUS(*st) == 0);
+    CHECK_FALSE(fs::exists(s.dir + "/sock"));
+    close(host);
+  }
+  SECTION("--reconnect: the daemon stays, holds no fd more, and serves the next front-end") {
+    Session s({"-o", "posix_lock", "--reconnect"});
+    auto [node, fh] = s.Create("locked");
+    const pid_t serving = ServingPid(s.daemon->pid());
+    const int fds_before = CountFdsOf(serving);
+    const int host = open((s.share + "/locked").c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(host >= 0);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    REQUIRE(fcntl(host, F_OFD_SETLK, &fl) == 0);
+    LockWaitAndWrites(s, node, fh);
+    s.fe.reset();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    REQUIRE_FALSE(s.daemon->Wait(0).has_value());
+    close(host);
+    s.q.ResetAlloc();
+    s.Attach();
+    // Whatever was taken was answered before the queue stopped; the lock
+    // wait ended (EINTR) instead of holding the stop.
+    CHECK(s.q.used_idx() == s.q.avail_idx());
+    int answered = 0;
+    while (s.q.PopUsed()) ++answered;
+    CHECK(answered == 9);
+    auto r = s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "locked"));
+    CHECK(r.error() == 0);
+    // The fh survived with the session: the lock can be taken now.
+    fuse_lk_in lk{};
+    lk.fh = fh;
+    lk.owner = 0x77;
+    lk.lk.type = F_WRLCK;
+    lk.lk.end = INT64_MAX;
+    CHECK(s.Call(BuildRequest(FUSE_SETLK, s.unique += 2, node, FuseBody().Add(lk).bytes()))
+              .error() == 0);
+    lk.lk.type = F_UNLCK;
+    CHECK(s.Call(BuildRequest(FUSE_SETLK, s.unique += 2, node, FuseBody().Add(lk).bytes()))
+              .error() == 0);
+    CHECK(CountFdsOf(serving) == fds_before);
+  }
+}
+
 }  // namespace
 }  // namespace virtiofs

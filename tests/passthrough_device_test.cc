@@ -7,10 +7,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <thread>
 
 #include "tests/support/driver_queue.h"
@@ -192,6 +194,202 @@ TEST_CASE("files written and read through the device on both engines") {
       server->reset();
       device->reset();
       CHECK(CountRings() == 0);  // The workers' rings went with them.
+      fs::remove_all(dir);
+    }
+  }
+}
+
+// A fault case of its own: the front-end stops the request queue
+// (GET_VRING_BASE, as QEMU does when the guest resets the device or the VM
+// stops) while a stream of requests is being served, then starts it again at
+// the base it got. Every request the device took before the stop is answered
+// before GET_VRING_BASE replies; none after it is touched; after the restart
+// each of the rest runs exactly once (a MKNOD run twice would answer EEXIST)
+// and every acknowledged WRITE is in the host file.
+TEST_CASE("a queue stopped mid-stream and started again loses and repeats no request") {
+  for (IoEngineKind kind : {IoEngineKind::kUring, IoEngineKind::kSync}) {
+    DYNAMIC_SECTION(IoEngineName(kind)) {
+      char dir[] = "/tmp/virtiofs-qstop-XXXXXX";
+      REQUIRE(mkdtemp(dir) != nullptr);
+      const std::string share = std::string(dir) + "/share";
+      fs::create_directory(share);
+      PassthroughOptions po;
+      po.root = share;
+      po.io_engine = kind;
+      auto backend = PassthroughBackend::Create(po);
+      REQUIRE(backend.ok());
+      auto device = VirtioFsDevice::Create(backend->get(), VirtioFsDeviceOptions{});
+      REQUIRE(device.ok());
+      auto server = VhostUserServer::Listen(std::string(dir) + "/sock", device->get());
+      REQUIRE(server.ok());
+      std::thread t([&] { (void)(*server)->Run(); });
+
+      auto ram = GuestRam::CreateOrDie(16 << 20);
+      DriverQueue hiprio(*ram, 128, 0, 0x10000, 0x10000, true);
+      DriverQueue q(*ram, 1024, 0x100000, 0x200000, 14 << 20, true);
+      auto f = Frontend::Connect(std::string(dir) + "/sock");
+      REQUIRE(f.ok());
+      auto& fe = **f;
+      REQUIRE(fe.Negotiate(Bit(VIRTIO_F_VERSION_1) | Bit(VIRTIO_RING_F_EVENT_IDX) |
+                               Bit(kFeatureProtocolFeatures),
+                           Bit(kProtocolReplyAck) | Bit(kProtocolMq))
+                  .ok());
+      REQUIRE(fe.SetMemTable(*ram).ok());
+      REQUIRE(fe.StartVring(0, hiprio).ok());
+      REQUIRE(fe.StartVring(1, q).ok());
+      uint64_t unique = 0;
+      auto call = [&](std::vector<uint8_t> req) {
+        auto r = testing::FuseTransact(fe, 1, q, *ram, req, 4096);
+        INFO(r.status().message());
+        REQUIRE(r.ok());
+        q.ResetAlloc();
+        return *std::move(r);
+      };
+      REQUIRE(call(BuildInit(unique += 2)).error() == 0);
+      fuse_create_in c{O_RDWR | O_CREAT, S_IFREG | 0644, 0, 0};
+      auto cr = call(BuildRequest(FUSE_CREATE, unique += 2, FUSE_ROOT_ID,
+                                  FuseBody().Add(c).Name("log").bytes()));
+      REQUIRE(cr.error() == 0);
+      fuse_entry_out entry;
+      fuse_open_out open;
+      std::memcpy(&entry, cr.body.data(), sizeof entry);
+      std::memcpy(&open, cr.body.data() + sizeof entry, sizeof open);
+
+      constexpr int kPerRound = 256;
+      constexpr int kRecord = 32;  // Bytes each WRITE puts at its own offset.
+      auto record = [](int n) {
+        std::string s = "record " + std::to_string(n);
+        s.resize(kRecord, '.');
+        return s;
+      };
+      std::mt19937 rng(kind == IoEngineKind::kUring ? 1 : 2);
+      int mid_stream = 0, rounds = 0, written = 0;
+      for (; rounds < 60 && mid_stream < 8; ++rounds) {
+        // Half MKNODs of fresh names, half WRITEs of numbered records.
+        struct Req {
+          uint64_t reply = 0;
+          bool is_write = false;
+          int n = 0;
+        };
+        std::vector<Req> reqs(kPerRound);
+        std::vector<int> of_head(q.size(), -1);
+        std::vector<std::vector<uint8_t>> bytes(kPerRound);
+        for (int i = 0; i < kPerRound; ++i) {
+          Req& r = reqs[i];
+          r.is_write = i % 2 == 1;
+          r.n = rounds * kPerRound + i;
+          if (r.is_write) {
+            fuse_write_in w{};
+            w.fh = open.fh;
+            w.offset = static_cast<uint64_t>(r.n) * kRecord;
+            w.size = kRecord;
+            bytes[i] = BuildRequest(FUSE_WRITE, unique += 2, entry.nodeid,
+                                    FuseBody().Add(w).Raw(record(r.n)).bytes());
+          } else {
+            fuse_mknod_in m{};
+            m.mode = S_IFREG | 0644;
+            bytes[i] = BuildRequest(FUSE_MKNOD, unique += 2, FUSE_ROOT_ID,
+                                    FuseBody().Add(m).Name("n" + std::to_string(r.n)).bytes());
+          }
+        }
+        // The driver streams them in small batches, kicking each, while the
+        // front-end stops the queue at a random moment.
+        const uint16_t start = q.avail_idx();
+        std::thread driver([&] {
+          for (int i = 0; i < kPerRound; ++i) {
+            Req& r = reqs[i];
+            const uint64_t in = q.Alloc(bytes[i].size());
+            ram->Write(in, bytes[i].data(), bytes[i].size());
+            r.reply = q.Alloc(256);
+            ram->Fill(r.reply, 0xab, 256);
+            const DriverQueue::Buffer chain[] = {
+                {in, static_cast<uint32_t>(bytes[i].size()), false}, {r.reply, 256, true}};
+            auto h = q.AddChain(chain);
+            if (!h) return;  // Checked below (every request must be answered).
+            of_head[*h] = i;
+            if (i % 4 == 3) {
+              fe.Kick(1);
+              std::this_thread::sleep_for(std::chrono::microseconds(100));
+            }
+          }
+          fe.Kick(1);
+        });
+        std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+        auto base = fe.GetVringBase(1);
+        driver.join();
+        REQUIRE(base.ok());
+        const int taken = static_cast<uint16_t>(*base - start);
+        INFO("round " << rounds << ": " << taken << " of " << kPerRound << " taken before the stop");
+        REQUIRE(taken <= kPerRound);
+        // Everything taken was answered before the stop returned.
+        CHECK(q.used_idx() == *base);
+        if (taken > 0 && taken < kPerRound) ++mid_stream;
+        std::vector<bool> answered(kPerRound, false);
+        auto collect = [&](const DriverQueue::UsedElem& u) {
+          REQUIRE(u.id < of_head.size());
+          const int i = of_head[u.id];
+          REQUIRE(i >= 0);
+          REQUIRE_FALSE(answered[i]);
+          answered[i] = true;
+          auto r = testing::ReadReply(*ram, reqs[i].reply, u.len);
+          REQUIRE(r.ok());
+          INFO("request " << reqs[i].n << (reqs[i].is_write ? " WRITE" : " MKNOD"));
+          CHECK(r->error() == 0);
+          if (reqs[i].is_write && r->error() == 0) {
+            CHECK(r->BodyAs<fuse_write_out>()->size == kRecord);
+            ++written;
+          }
+        };
+        int before = 0;
+        while (auto u = q.PopUsed()) {
+          collect(*u);
+          ++before;
+        }
+        CHECK(before == taken);
+        // The chains after the base are untouched: no reply written, no file.
+        for (int i = 0; i < kPerRound; ++i) {
+          if (answered[i]) continue;
+          uint8_t head[16];
+          ram->Read(reqs[i].reply, head, sizeof head);
+          CHECK(std::all_of(head, head + sizeof head, [](uint8_t b) { return b == 0xab; }));
+          if (!reqs[i].is_write) {
+            CHECK_FALSE(fs::exists(share + "/n" + std::to_string(reqs[i].n)));
+          }
+        }
+        // Start again where the device stopped: the rest is served once.
+        REQUIRE(fe.StartVring(1, q, *base).ok());
+        fe.Kick(1);
+        int got = before;
+        for (int waited = 0; got < kPerRound && waited < 10000; ++waited) {
+          if (auto u = q.PopUsed()) {
+            collect(*u);
+            ++got;
+          } else {
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          }
+        }
+        REQUIRE(got == kPerRound);
+        q.ResetAlloc();
+      }
+      INFO(rounds << " rounds");
+      CHECK(mid_stream >= 8);  // The stop did land in the middle of streams.
+      CHECK(written == rounds * kPerRound / 2);
+      // Every acknowledged record is on the host, every name exactly once.
+      std::ifstream host(share + "/log", std::ios::binary);
+      const std::string log(std::istreambuf_iterator<char>(host), {});
+      REQUIRE(log.size() == static_cast<size_t>(rounds * kPerRound * kRecord));
+      for (int n = 1; n < rounds * kPerRound; n += 2) {
+        CHECK(log.substr(static_cast<size_t>(n) * kRecord, kRecord) == record(n));
+      }
+      int names = 0;
+      for (auto& e : fs::directory_iterator(share)) names += e.path().filename().string()[0] == 'n';
+      CHECK(names == rounds * kPerRound / 2);
+
+      fe.Close();
+      (*server)->Stop();
+      t.join();
+      server->reset();
+      device->reset();
       fs::remove_all(dir);
     }
   }

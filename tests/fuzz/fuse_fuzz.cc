@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -34,6 +35,14 @@ struct Rig : CompletionSink {
     SetLogLevel(LogLevel::kError);
     char dir[] = "/tmp/virtiofs-fuzz-XXXXXX";
     root = mkdtemp(dir);
+    // The rig lives for the process; its directory goes when the process
+    // exits (libFuzzer and the corpus replay both end with exit()).
+    static std::string to_remove;
+    to_remove = root;
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(to_remove, ec);
+    });
     PassthroughOptions o;
     o.root = root;
     o.xattr = true;
