@@ -371,6 +371,35 @@ void Put(uint8_t* p, const T& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
+// Request bodies, as Linux fills them.
+fuse_open_in OpenIn(uint32_t flags) {
+  fuse_open_in in{};
+  in.flags = flags;
+  return in;
+}
+fuse_release_in ReleaseIn(uint64_t fh, uint32_t flags) {
+  fuse_release_in in{};
+  in.fh = fh;
+  in.flags = flags;
+  return in;
+}
+fuse_read_in ReadIn(uint64_t fh, uint64_t offset, uint32_t size, uint32_t flags) {
+  fuse_read_in in{};
+  in.fh = fh;
+  in.offset = offset;
+  in.size = size;
+  in.flags = flags;
+  return in;
+}
+fuse_write_in WriteIn(uint64_t fh, uint64_t offset, uint32_t size, uint32_t flags) {
+  fuse_write_in in{};
+  in.fh = fh;
+  in.offset = offset;
+  in.size = size;
+  in.flags = flags;
+  return in;
+}
+
 void QueueDriver::Submit(Slot& s, const std::string& w) {
   uint8_t* p = Host(s.req);
   fuse_in_header h{};
@@ -379,266 +408,160 @@ void QueueDriver::Submit(Slot& s, const std::string& w) {
   uint8_t* b = p + sizeof h;
   uint32_t payload = 0;  // Bytes of s.payload after the request.
   s.reply_cap = 4096;
+  // One request: opcode, node, then the body's parts in order.
+  auto req = [&](uint32_t opcode, uint64_t node) {
+    h.opcode = opcode;
+    h.nodeid = node;
+  };
+  auto add = [&](const auto& in) {
+    Put(b + body, in);
+    body += sizeof in;
+  };
   auto name = [&](const std::string& n) {
     std::memcpy(b + body, n.c_str(), n.size() + 1);
     body += n.size() + 1;
   };
+  auto reply_space = [&](uint32_t bytes) { s.reply_cap = sizeof(fuse_out_header) + bytes; };
+  // OPENDIR, READDIRPLUS pages from s.offset, RELEASEDIR.
+  auto listing = [&](uint64_t dir) {
+    if (s.step == 0) {
+      req(FUSE_OPENDIR, dir);
+      add(OpenIn(0));
+    } else if (s.step == 1) {
+      req(FUSE_READDIRPLUS, dir);
+      add(ReadIn(s.fh, s.offset, kReaddirSize, 0));
+      reply_space(kReaddirSize);
+    } else {
+      req(FUSE_RELEASEDIR, dir);
+      add(ReleaseIn(s.fh, 0));
+    }
+  };
   if (w == "getattr") {
-    h.opcode = FUSE_GETATTR;
-    h.nodeid = s_->data_node;
-    Put(b, fuse_getattr_in{});
-    body = sizeof(fuse_getattr_in);
-  } else if (w == "lookup") {
-    h.opcode = FUSE_LOOKUP;
-    h.nodeid = s_->names_node;
-    name("f" + std::to_string(rng_() % kNames));
-  } else if (w == "open-release") {
-    h.nodeid = s_->data_node;
+    req(FUSE_GETATTR, s_->data_node);
+    add(fuse_getattr_in{});
+  } else if (w == "lookup" || w == "lookup-forget" || w == "lookup-missing") {
+    req(FUSE_LOOKUP, s_->names_node);
+    name((w == "lookup-missing" ? "missing" : "f") + std::to_string(rng_() % kNames));
+  } else if (w == "open-release" || w == "flush") {
+    // flush: OPEN, FLUSH, RELEASE, what close(2) sends.
+    const int last = w == "flush" ? 2 : 1;
     if (s.step == 0) {
-      h.opcode = FUSE_OPEN;
-      fuse_open_in in{};
-      in.flags = O_RDONLY;
-      Put(b, in);
-      body = sizeof in;
-    } else {
-      h.opcode = FUSE_RELEASE;
-      fuse_release_in in{};
-      in.fh = s.fh;
-      in.flags = O_RDONLY;
-      Put(b, in);
-      body = sizeof in;
-    }
-  } else if (w.rfind("read-", 0) == 0) {
-    h.opcode = FUSE_READ;
-    h.nodeid = s_->data_node;
-    const uint64_t size = Bytes(w);
-    fuse_read_in in{};
-    in.fh = s.fh;
-    in.size = static_cast<uint32_t>(size);
-    if (w == "read-4k-rand") {
-      in.offset = (rng_() % (kDataSize / 4096)) * 4096;
-    } else {
-      in.offset = s_->seq_offset.fetch_add(size) % kDataSize;
-    }
-    in.flags = O_RDONLY;
-    Put(b, in);
-    body = sizeof in;
-    s.reply_cap = static_cast<uint32_t>(sizeof(fuse_out_header) + size);
-  } else if (w == "write-1m-seq") {
-    h.opcode = FUSE_WRITE;
-    h.nodeid = s_->wfile_node;
-    fuse_write_in in{};
-    in.fh = s.fh;
-    in.size = 1 << 20;
-    in.offset = s_->seq_offset.fetch_add(1 << 20) % kWriteWrap;
-    in.flags = O_WRONLY;
-    Put(b, in);
-    body = sizeof in;
-    payload = 1 << 20;
-  } else if (w == "create-unlink") {
-    const std::string n = "c" + std::to_string(s.name);
-    if (s.step == 0) {
-      h.opcode = FUSE_CREATE;
-      h.nodeid = s_->cu_node;
-      fuse_create_in in{};
-      in.flags = O_WRONLY | O_CREAT | O_EXCL;
-      in.mode = S_IFREG | 0644;
-      Put(b, in);
-      body = sizeof in;
-      name(n);
-    } else if (s.step == 1) {
-      h.opcode = FUSE_RELEASE;
-      h.nodeid = s.nodeid;
-      fuse_release_in in{};
-      in.fh = s.fh;
-      in.flags = O_WRONLY;
-      Put(b, in);
-      body = sizeof in;
-    } else {
-      h.opcode = FUSE_UNLINK;
-      h.nodeid = s_->cu_node;
-      name(n);
-    }
-  } else if (w == "readdirplus-10k") {
-    h.nodeid = s_->big_node;
-    if (s.step == 0) {
-      h.opcode = FUSE_OPENDIR;
-      Put(b, fuse_open_in{});
-      body = sizeof(fuse_open_in);
-    } else if (s.step == 1) {
-      h.opcode = FUSE_READDIRPLUS;
-      fuse_read_in in{};
-      in.fh = s.fh;
-      in.offset = s.offset;
-      in.size = kReaddirSize;
-      Put(b, in);
-      body = sizeof in;
-      s.reply_cap = sizeof(fuse_out_header) + kReaddirSize;
-    } else {
-      h.opcode = FUSE_RELEASEDIR;
-      fuse_release_in in{};
-      in.fh = s.fh;
-      Put(b, in);
-      body = sizeof in;
-    }
-  } else if (w == "lookup-forget" || w == "lookup-missing") {
-    h.opcode = FUSE_LOOKUP;
-    h.nodeid = s_->names_node;
-    name((w == "lookup-forget" ? "f" : "missing") + std::to_string(rng_() % kNames));
-  } else if (w == "flush") {  // OPEN, FLUSH, RELEASE: what close(2) sends.
-    h.nodeid = s_->data_node;
-    if (s.step == 0) {
-      h.opcode = FUSE_OPEN;
-      fuse_open_in in{};
-      in.flags = O_RDONLY;
-      Put(b, in);
-      body = sizeof in;
-    } else if (s.step == 1) {
-      h.opcode = FUSE_FLUSH;
+      req(FUSE_OPEN, s_->data_node);
+      add(OpenIn(O_RDONLY));
+    } else if (s.step < last) {
+      req(FUSE_FLUSH, s_->data_node);
       fuse_flush_in in{};
       in.fh = s.fh;
       in.lock_owner = 0x1000 + index_;
-      Put(b, in);
-      body = sizeof in;
+      add(in);
     } else {
-      h.opcode = FUSE_RELEASE;
-      fuse_release_in in{};
-      in.fh = s.fh;
-      in.flags = O_RDONLY;
-      Put(b, in);
-      body = sizeof in;
+      req(FUSE_RELEASE, s_->data_node);
+      add(ReleaseIn(s.fh, O_RDONLY));
     }
-  } else if (w == "file-life") {
-    // CREATE, WRITE 4 KiB, FSYNC, READ it back, SETATTR size, RELEASE,
-    // RENAME, UNLINK (then a FORGET on the hiprio queue).
-    const std::string n = "m" + std::to_string(s.name);
+  } else if (w.rfind("read-", 0) == 0) {
+    const uint32_t size = static_cast<uint32_t>(Bytes(w));
+    const uint64_t offset = w == "read-4k-rand" ? (rng_() % (kDataSize / 4096)) * 4096
+                                                : s_->seq_offset.fetch_add(size) % kDataSize;
+    req(FUSE_READ, s_->data_node);
+    add(ReadIn(s.fh, offset, size, O_RDONLY));
+    reply_space(size);
+  } else if (w == "write-1m-seq") {
+    req(FUSE_WRITE, s_->wfile_node);
+    add(WriteIn(s.fh, s_->seq_offset.fetch_add(1 << 20) % kWriteWrap, 1 << 20, O_WRONLY));
+    payload = 1 << 20;
+  } else if (w == "create-unlink" || w == "file-life") {
+    // create-unlink: CREATE, RELEASE, UNLINK. file-life: CREATE, WRITE
+    // 4 KiB, FSYNC, READ it back, SETATTR size, RELEASE, RENAME, UNLINK.
+    // Both then FORGET the node on the hiprio queue.
+    static const std::vector<uint32_t> kShort = {FUSE_CREATE, FUSE_RELEASE, FUSE_UNLINK};
+    static const std::vector<uint32_t> kLong = {FUSE_CREATE, FUSE_WRITE,   FUSE_FSYNC,
+                                                FUSE_READ,   FUSE_SETATTR, FUSE_RELEASE,
+                                                FUSE_RENAME, FUSE_UNLINK};
+    const bool life = w == "file-life";
+    const uint32_t op = (life ? kLong : kShort).at(static_cast<size_t>(s.step));
+    const uint32_t flags = life ? O_RDWR : O_WRONLY;
+    const std::string n = (life ? "m" : "c") + std::to_string(s.name);
     const std::string renamed = "r" + std::to_string(s.name);
-    h.nodeid = s.nodeid;
-    switch (s.step) {
-      case 0: {
-        h.opcode = FUSE_CREATE;
-        h.nodeid = s_->cu_node;
+    const bool renamed_yet = life && s.step == 7;
+    switch (op) {
+      case FUSE_CREATE: {
+        req(op, s_->cu_node);
         fuse_create_in in{};
-        in.flags = O_RDWR | O_CREAT | O_EXCL;
+        in.flags = flags | O_CREAT | O_EXCL;
         in.mode = S_IFREG | 0644;
-        Put(b, in);
-        body = sizeof in;
+        add(in);
         name(n);
         break;
       }
-      case 1: {
-        h.opcode = FUSE_WRITE;
-        fuse_write_in in{};
-        in.fh = s.fh;
-        in.size = kFileLifeBytes;
-        in.flags = O_RDWR;
-        Put(b, in);
-        body = sizeof in;
+      case FUSE_WRITE:
+        req(op, s.nodeid);
+        add(WriteIn(s.fh, 0, kFileLifeBytes, flags));
         FillPattern(Host(s.payload), static_cast<uint64_t>(s.name));
         payload = kFileLifeBytes;
         break;
-      }
-      case 2: {
-        h.opcode = FUSE_FSYNC;
+      case FUSE_FSYNC: {
+        req(op, s.nodeid);
         fuse_fsync_in in{};
         in.fh = s.fh;
-        Put(b, in);
-        body = sizeof in;
+        add(in);
         break;
       }
-      case 3: {
-        h.opcode = FUSE_READ;
-        fuse_read_in in{};
-        in.fh = s.fh;
-        in.size = kFileLifeBytes;
-        in.flags = O_RDWR;
-        Put(b, in);
-        body = sizeof in;
-        s.reply_cap = sizeof(fuse_out_header) + kFileLifeBytes;
+      case FUSE_READ:
+        req(op, s.nodeid);
+        add(ReadIn(s.fh, 0, kFileLifeBytes, flags));
+        reply_space(kFileLifeBytes);
         break;
-      }
-      case 4: {
-        h.opcode = FUSE_SETATTR;
+      case FUSE_SETATTR: {
+        req(op, s.nodeid);
         fuse_setattr_in in{};
         in.valid = FATTR_SIZE | FATTR_FH;
         in.fh = s.fh;
         in.size = 1000;
-        Put(b, in);
-        body = sizeof in;
+        add(in);
         break;
       }
-      case 5: {
-        h.opcode = FUSE_RELEASE;
-        fuse_release_in in{};
-        in.fh = s.fh;
-        in.flags = O_RDWR;
-        Put(b, in);
-        body = sizeof in;
+      case FUSE_RELEASE:
+        req(op, s.nodeid);
+        add(ReleaseIn(s.fh, flags));
         break;
-      }
-      case 6: {
-        h.opcode = FUSE_RENAME;
-        h.nodeid = s_->cu_node;
+      case FUSE_RENAME: {
+        req(op, s_->cu_node);
         fuse_rename_in in{};
         in.newdir = s_->cu_node;
-        Put(b, in);
-        body = sizeof in;
+        add(in);
         name(n);
         name(renamed);
         break;
       }
       default:
-        h.opcode = FUSE_UNLINK;
-        h.nodeid = s_->cu_node;
-        name(renamed);
+        req(FUSE_UNLINK, s_->cu_node);
+        name(renamed_yet ? renamed : n);
         break;
     }
   } else if (w == "mkdir-rmdir") {
-    const std::string n = "d" + std::to_string(s.name);
-    h.nodeid = s_->cu_node;
     if (s.step == 0) {
-      h.opcode = FUSE_MKDIR;
+      req(FUSE_MKDIR, s_->cu_node);
       fuse_mkdir_in in{};
       in.mode = 0755;
       in.umask = 022;
-      Put(b, in);
-      body = sizeof in;
+      add(in);
     } else {
-      h.opcode = FUSE_RMDIR;
+      req(FUSE_RMDIR, s_->cu_node);
     }
-    name(n);
+    name("d" + std::to_string(s.name));
+  } else if (w == "readdirplus-10k") {
+    listing(s_->big_node);
   } else if (w == "readdir-page") {  // The first page of names/, its entries forgotten.
-    h.nodeid = s_->names_node;
-    if (s.step == 0) {
-      h.opcode = FUSE_OPENDIR;
-      Put(b, fuse_open_in{});
-      body = sizeof(fuse_open_in);
-    } else if (s.step == 1) {
-      h.opcode = FUSE_READDIRPLUS;
-      fuse_read_in in{};
-      in.fh = s.fh;
-      in.size = kReaddirSize;
-      Put(b, in);
-      body = sizeof in;
-      s.reply_cap = sizeof(fuse_out_header) + kReaddirSize;
-    } else {
-      h.opcode = FUSE_RELEASEDIR;
-      fuse_release_in in{};
-      in.fh = s.fh;
-      Put(b, in);
-      body = sizeof in;
-    }
+    s.offset = 0;
+    listing(s_->names_node);
   } else if (w == "statfs") {
-    h.opcode = FUSE_STATFS;
-    h.nodeid = FUSE_ROOT_ID;
+    req(FUSE_STATFS, FUSE_ROOT_ID);
   } else if (w == "chmod") {
-    h.opcode = FUSE_SETATTR;
-    h.nodeid = s_->data_node;
+    req(FUSE_SETATTR, s_->data_node);
     fuse_setattr_in in{};
     in.valid = FATTR_MODE;
     in.mode = S_IFREG | 0644;
-    Put(b, in);
-    body = sizeof in;
+    add(in);
   } else {
     Die("unknown workload " + w);
   }
@@ -742,16 +665,32 @@ bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t
   }
   const uint8_t* body = Host(s.reply) + sizeof oh;
   const uint32_t body_len = len - sizeof oh;
-  if (w == "open-release") {
+  // A node created in this slot: remember it and the handle (CREATE),
+  // or forget it at the end, and name the next one.
+  auto created = [&] {
+    fuse_entry_out e;
+    std::memcpy(&e, body, sizeof e);
+    s.nodeid = e.nodeid;
+    if (body_len >= sizeof e + sizeof(fuse_open_out)) {
+      fuse_open_out o;
+      std::memcpy(&o, body + sizeof e, sizeof o);
+      s.fh = o.fh;
+    }
+  };
+  auto finished = [&] {
+    Forget(s.nodeid);
+    s.step = 0;
+    s.name = static_cast<int>(s_->create_seq.fetch_add(1));
+    return true;
+  };
+  if (w == "open-release" || w == "flush") {
     if (s.step == 0) {
       fuse_open_out out;
       std::memcpy(&out, body, sizeof out);
       s.fh = out.fh;
-      s.step = 1;
-      return false;
     }
-    s.step = 0;
-    return true;
+    s.step = (s.step + 1) % (w == "flush" ? 3 : 2);
+    return s.step == 0;
   }
   if (w.rfind("read-", 0) == 0) {
     if (body_len != Bytes(w)) Die("short read: " + std::to_string(body_len));
@@ -766,24 +705,8 @@ bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t
     return true;
   }
   if (w == "create-unlink") {
-    if (s.step == 0) {
-      fuse_entry_out e;
-      fuse_open_out o;
-      std::memcpy(&e, body, sizeof e);
-      std::memcpy(&o, body + sizeof e, sizeof o);
-      s.nodeid = e.nodeid;
-      s.fh = o.fh;
-      s.step = 1;
-      return false;
-    }
-    if (s.step == 1) {
-      s.step = 2;
-      return false;
-    }
-    Forget(s.nodeid);
-    s.step = 0;
-    s.name = static_cast<int>(s_->create_seq.fetch_add(1));
-    return true;
+    if (s.step == 0) created();
+    return ++s.step <= 2 ? false : finished();
   }
   if (w == "lookup-forget") {
     fuse_entry_out e;
@@ -792,76 +715,38 @@ bool QueueDriver::Complete(Slot& s, const std::string& w, uint32_t len, uint64_t
     Forget(e.nodeid);
     return true;
   }
-  if (w == "flush") {
-    if (s.step == 0) {
-      fuse_open_out o;
-      std::memcpy(&o, body, sizeof o);
-      s.fh = o.fh;
-    }
-    s.step = (s.step + 1) % 3;
-    return s.step == 0;
-  }
   if (w == "file-life") {
-    switch (s.step) {
-      case 0: {
-        fuse_entry_out e;
-        fuse_open_out o;
-        std::memcpy(&e, body, sizeof e);
-        std::memcpy(&o, body + sizeof e, sizeof o);
-        s.nodeid = e.nodeid;
-        s.fh = o.fh;
-        break;
+    if (s.step == 0) {
+      created();
+    } else if (s.step == 1) {
+      fuse_write_out out;
+      std::memcpy(&out, body, sizeof out);
+      if (out.size != kFileLifeBytes) {
+        error = "file-life: WRITE wrote " + std::to_string(out.size);
+        return true;
       }
-      case 1: {
-        fuse_write_out out;
-        std::memcpy(&out, body, sizeof out);
-        if (out.size != kFileLifeBytes) {
-          error = "file-life: WRITE wrote " + std::to_string(out.size);
-          return true;
-        }
-        break;
+    } else if (s.step == 3) {
+      uint8_t want[kFileLifeBytes];
+      FillPattern(want, static_cast<uint64_t>(s.name));
+      if (body_len != kFileLifeBytes || std::memcmp(body, want, kFileLifeBytes) != 0) {
+        error = "file-life: READ did not return what WRITE wrote (" + std::to_string(body_len) +
+                " bytes)";
+        return true;
       }
-      case 3: {
-        uint8_t want[kFileLifeBytes];
-        FillPattern(want, static_cast<uint64_t>(s.name));
-        if (body_len != kFileLifeBytes || std::memcmp(body, want, kFileLifeBytes) != 0) {
-          error = "file-life: READ did not return what WRITE wrote (" + std::to_string(body_len) +
-                  " bytes)";
-          return true;
-        }
-        *bytes += body_len;
-        break;
+      *bytes += body_len;
+    } else if (s.step == 4) {
+      fuse_attr_out a;
+      std::memcpy(&a, body, sizeof a);
+      if (a.attr.size != 1000) {
+        error = "file-life: SETATTR size gave " + std::to_string(a.attr.size);
+        return true;
       }
-      case 4: {
-        fuse_attr_out a;
-        std::memcpy(&a, body, sizeof a);
-        if (a.attr.size != 1000) {
-          error = "file-life: SETATTR size gave " + std::to_string(a.attr.size);
-          return true;
-        }
-        break;
-      }
-      default:
-        break;
     }
-    if (++s.step <= 7) return false;
-    Forget(s.nodeid);
-    s.step = 0;
-    s.name = static_cast<int>(s_->create_seq.fetch_add(1));
-    return true;
+    return ++s.step <= 7 ? false : finished();
   }
   if (w == "mkdir-rmdir") {
-    if (s.step == 0) {
-      fuse_entry_out e;
-      std::memcpy(&e, body, sizeof e);
-      s.nodeid = e.nodeid;
-      s.step = 1;
-      return false;
-    }
-    Forget(s.nodeid);
-    s.step = 0;
-    s.name = static_cast<int>(s_->create_seq.fetch_add(1));
-    return true;
+    if (s.step == 0) created();
+    return ++s.step <= 1 ? false : finished();
   }
   if (w == "readdir-page") {
     if (s.step == 0) {
@@ -1188,8 +1073,7 @@ int SetUp(Session& s, const Options& o, fuse_init_out* init_out) {
 // outside and waits for a child that serves), so follow single children.
 int ServingPid(int pid) {
   for (int depth = 0; pid > 0 && depth < 4; ++depth) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) +
-                     "/children");
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
     std::vector<int> children;
     int c;
     while (in >> c) children.push_back(c);
@@ -1346,7 +1230,8 @@ int RunSoak(const Options& given) {
     }
     for (auto& t : threads) t.join();
     for (auto& qd : s.queues) {
-      if (!qd->error.empty()) Die(o.target + " soak, round " + std::to_string(round) + ": " + qd->error);
+      if (!qd->error.empty())
+        Die(o.target + " soak, round " + std::to_string(round) + ": " + qd->error);
     }
     if (!WaitHiprioDrained(s)) Die("the daemon left FORGETs on the hiprio queue for 10 s");
     const ProcSample p = SampleProcess(o.pid);
@@ -1744,10 +1629,11 @@ Options ParseOptions(int argc, char** argv, int first) {
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr,
-                 "usage: fsbench prepare DIR | daemon --socket P ... | soak --socket P --pid N ... | "
-                 "limit --dir D ... | "
-                 "report --csv F [--markdown] [--plot-data F]\n");
+    std::fprintf(
+        stderr,
+        "usage: fsbench prepare DIR | daemon --socket P ... | soak --socket P --pid N ... | "
+        "limit --dir D ... | "
+        "report --csv F [--markdown] [--plot-data F]\n");
     return 2;
   }
   const std::string cmd = argv[1];
@@ -1780,7 +1666,8 @@ int main(int argc, char** argv) {
   if (cmd == "soak") {
     if (o.socket.empty() || o.pid <= 0) Die("soak needs --socket and --pid");
     if (o.target.empty()) o.target = "daemon";
-    if (o.rounds < 2 || o.requests < static_cast<uint64_t>(o.rounds)) Die("--rounds >= 2, <= --requests");
+    if (o.rounds < 2 || o.requests < static_cast<uint64_t>(o.rounds))
+      Die("--rounds >= 2, <= --requests");
     return RunSoak(o);
   }
   if (cmd == "limit") {

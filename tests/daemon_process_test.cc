@@ -8,8 +8,8 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -301,7 +301,6 @@ TEST_CASE("SIGTERM during a stream of writes: acknowledged fsync'd data is on th
   CHECK_FALSE(fs::exists(s.dir + "/sock"));  // The daemon removed its socket.
 }
 
-
 // One request to the daemon's stats socket; the whole answer.
 std::string AskStats(const std::string& path, const std::string& request) {
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -328,8 +327,7 @@ TEST_CASE("--stats-socket and SIGUSR1 report what the guest asked") {
     std::ofstream(s.share + "/present") << "x";
     REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "present")).error() == 0);
     REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "present")).error() == 0);
-    REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "absent")).error() ==
-            -ENOENT);
+    REQUIRE(s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "absent")).error() == -ENOENT);
 
     const std::string prom = AskStats(stats, "GET /metrics HTTP/1.0\r\n\r\n");
     INFO(prom);
@@ -338,8 +336,9 @@ TEST_CASE("--stats-socket and SIGUSR1 report what the guest asked") {
     CHECK(prom.find("virtiofs_errors_total{opcode=\"LOOKUP\"} 1\n") != std::string::npos);
     CHECK(prom.find("virtiofs_request_duration_seconds_count{opcode=\"LOOKUP\"} 3\n") !=
           std::string::npos);
-    CHECK(prom.find("virtiofs_request_duration_seconds_bucket{opcode=\"LOOKUP\",le=\"+Inf\"} 3\n") !=
-          std::string::npos);
+    CHECK(
+        prom.find("virtiofs_request_duration_seconds_bucket{opcode=\"LOOKUP\",le=\"+Inf\"} 3\n") !=
+        std::string::npos);
     CHECK(prom.find("virtiofs_inodes 2\n") != std::string::npos);  // Root and "present".
     // INIT and three LOOKUPs went through request queue 1.
     CHECK(prom.find("virtiofs_queue_completed_total{queue=\"1\"} 4\n") != std::string::npos);
@@ -533,17 +532,35 @@ int CountFdsOf(pid_t pid) {
   return n;
 }
 
+// A write lock on the whole of `path` held by this (host) process; close
+// the returned fd to drop it.
+int HostLock(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  struct flock fl {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  REQUIRE(fcntl(fd, F_OFD_SETLK, &fl) == 0);
+  return fd;
+}
+
 // Puts a SETLKW on `node` that the host's lock on it blocks, then a burst of
 // 1 MiB WRITEs, and returns without waiting for any answer.
-void LockWaitAndWrites(Session& s, uint64_t node, uint64_t fh) {
+// A whole-file lock request of owner 0x77 on `fh`.
+fuse_lk_in WholeFileLock(uint64_t fh, uint32_t type) {
   fuse_lk_in lk{};
   lk.fh = fh;
   lk.owner = 0x77;
-  lk.lk.type = F_WRLCK;
+  lk.lk.type = type;
   lk.lk.end = INT64_MAX;
+  return lk;
+}
+
+void LockWaitAndWrites(Session& s, uint64_t node, uint64_t fh) {
   const std::string mib(1 << 20, 'w');
   std::vector<std::vector<uint8_t>> reqs;
-  reqs.push_back(BuildRequest(FUSE_SETLKW, s.unique += 2, node, FuseBody().Add(lk).bytes()));
+  reqs.push_back(BuildRequest(FUSE_SETLKW, s.unique += 2, node,
+                              FuseBody().Add(WholeFileLock(fh, F_WRLCK)).bytes()));
   for (int i = 0; i < 8; ++i) {
     fuse_write_in w{};
     w.fh = fh;
@@ -569,13 +586,7 @@ TEST_CASE("the front-end leaves with a lock wait and writes in flight") {
   SECTION("default: the daemon exits 0 without waiting for the lock") {
     Session s({"-o", "posix_lock"});
     auto [node, fh] = s.Create("locked");
-    // The host holds a lock on the file, so the guest's SETLKW waits.
-    const int host = open((s.share + "/locked").c_str(), O_RDWR | O_CLOEXEC);
-    REQUIRE(host >= 0);
-    struct flock fl {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    REQUIRE(fcntl(host, F_OFD_SETLK, &fl) == 0);
+    const int host = HostLock(s.share + "/locked");  // The guest's SETLKW waits.
     LockWaitAndWrites(s, node, fh);
     s.fe.reset();  // The VMM goes away.
     auto st = s.daemon->Wait(10000);
@@ -590,12 +601,7 @@ TEST_CASE("the front-end leaves with a lock wait and writes in flight") {
     auto [node, fh] = s.Create("locked");
     const pid_t serving = ServingPid(s.daemon->pid());
     const int fds_before = CountFdsOf(serving);
-    const int host = open((s.share + "/locked").c_str(), O_RDWR | O_CLOEXEC);
-    REQUIRE(host >= 0);
-    struct flock fl {};
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    REQUIRE(fcntl(host, F_OFD_SETLK, &fl) == 0);
+    const int host = HostLock(s.share + "/locked");
     LockWaitAndWrites(s, node, fh);
     s.fe.reset();
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -612,16 +618,11 @@ TEST_CASE("the front-end leaves with a lock wait and writes in flight") {
     auto r = s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, "locked"));
     CHECK(r.error() == 0);
     // The fh survived with the session: the lock can be taken now.
-    fuse_lk_in lk{};
-    lk.fh = fh;
-    lk.owner = 0x77;
-    lk.lk.type = F_WRLCK;
-    lk.lk.end = INT64_MAX;
-    CHECK(s.Call(BuildRequest(FUSE_SETLK, s.unique += 2, node, FuseBody().Add(lk).bytes()))
-              .error() == 0);
-    lk.lk.type = F_UNLCK;
-    CHECK(s.Call(BuildRequest(FUSE_SETLK, s.unique += 2, node, FuseBody().Add(lk).bytes()))
-              .error() == 0);
+    for (uint32_t type : {F_WRLCK, F_UNLCK}) {
+      CHECK(s.Call(BuildRequest(FUSE_SETLK, s.unique += 2, node,
+                                FuseBody().Add(WholeFileLock(fh, type)).bytes()))
+                .error() == 0);
+    }
     CHECK(CountFdsOf(serving) == fds_before);
   }
 }
