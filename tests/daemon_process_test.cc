@@ -13,12 +13,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "tests/support/driver_queue.h"
@@ -522,14 +524,33 @@ TEST_CASE("at exit the daemon logs how many requests each queue completed") {
   CHECK(text.find("requests completed per queue: 0:0 1:4") != std::string::npos);
 }
 
-// Open fds of a process.
-int CountFdsOf(pid_t pid) {
-  int n = 0;
+// Open fds of a process: "fd -> target" lines.
+std::string FdsOf(pid_t pid) {
+  std::map<int, std::string> fds;
   for (auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
-    (void)e;
-    ++n;
+    std::error_code ec;
+    fds[std::stoi(e.path().filename().string())] = fs::read_symlink(e.path(), ec).string();
   }
-  return n;
+  std::string out;
+  for (auto& [fd, target] : fds) out += std::to_string(fd) + " -> " + target + "\n";
+  return out;
+}
+int CountFdsOf(pid_t pid) {
+  const std::string fds = FdsOf(pid);
+  return static_cast<int>(std::count(fds.begin(), fds.end(), '\n'));
+}
+// The fd count once it holds still: queue workers start on threads of their
+// own and each opens its io_uring when it gets there, a moment after the
+// front-end's message that started the queue was answered.
+int SettledFdCount(pid_t pid) {
+  int last = CountFdsOf(pid), same = 0;
+  for (int i = 0; i < 100 && same < 5; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const int n = CountFdsOf(pid);
+    same = n == last ? same + 1 : 0;
+    last = n;
+  }
+  return last;
 }
 
 // A write lock on the whole of `path` held by this (host) process; close
@@ -600,7 +621,8 @@ TEST_CASE("the front-end leaves with a lock wait and writes in flight") {
     Session s({"-o", "posix_lock", "--reconnect"});
     auto [node, fh] = s.Create("locked");
     const pid_t serving = ServingPid(s.daemon->pid());
-    const int fds_before = CountFdsOf(serving);
+    const int fds_before = SettledFdCount(serving);
+    const std::string fds_listed = FdsOf(serving);
     const int host = HostLock(s.share + "/locked");
     LockWaitAndWrites(s, node, fh);
     s.fe.reset();
@@ -623,7 +645,8 @@ TEST_CASE("the front-end leaves with a lock wait and writes in flight") {
                                 FuseBody().Add(WholeFileLock(fh, type)).bytes()))
                 .error() == 0);
     }
-    CHECK(CountFdsOf(serving) == fds_before);
+    INFO("fds before:\n" << fds_listed << "fds after:\n" << FdsOf(serving));
+    CHECK(SettledFdCount(serving) == fds_before);
   }
 }
 
