@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -522,6 +523,36 @@ TEST_CASE("at exit the daemon logs how many requests each queue completed") {
   // Nothing on hiprio; INIT and three LOOKUPs on queue 1.
   // (One request queue per host CPU is offered; the others stay idle.)
   CHECK(text.find("requests completed per queue: 0:0 1:4") != std::string::npos);
+}
+
+// getxattr(2) and listxattr(2) on nodes the daemon must not open (a symlink,
+// a fifo) go by their /proc/self/fd path; in a sandbox that absolute path is
+// not the daemon's /proc, so its worker goes through the proc fd instead.
+TEST_CASE("xattrs of a symlink and a fifo, in every sandbox") {
+  Session s({"--xattr"});
+  REQUIRE(symlink("nowhere", (s.share + "/link").c_str()) == 0);
+  REQUIRE(mkfifo((s.share + "/fifo").c_str(), 0644) == 0);
+  for (const char* name : {"link", "fifo"}) {
+    INFO(name);
+    const std::string path = s.share + "/" + name;
+    if (lsetxattr(path.c_str(), "security.test", "v1", 2, 0) != 0) {
+      WARN("skipped: security.* xattrs on this host file system: " << std::strerror(errno));
+      return;
+    }
+    auto e = s.Call(testing::BuildLookup(s.unique += 2, FUSE_ROOT_ID, name));
+    REQUIRE(e.error() == 0);
+    const uint64_t node = e.BodyAs<fuse_entry_out>()->nodeid;
+    fuse_getxattr_in g{};
+    g.size = 64;
+    auto v = s.Call(BuildRequest(FUSE_GETXATTR, s.unique += 2, node,
+                                 FuseBody().Add(g).Name("security.test").bytes()));
+    REQUIRE(v.error() == 0);
+    CHECK(std::string(v.body.begin(), v.body.end()) == "v1");
+    g.size = 1024;
+    auto l = s.Call(BuildRequest(FUSE_LISTXATTR, s.unique += 2, node, FuseBody().Add(g).bytes()));
+    REQUIRE(l.error() == 0);
+    CHECK(std::string(l.body.begin(), l.body.end()).find("security.test") != std::string::npos);
+  }
 }
 
 // Open fds of a process: "fd -> target" lines.

@@ -94,6 +94,11 @@ class CallerCreds {
 // kernel returns: a buffer this big never gets ERANGE.
 constexpr size_t kXattrMax = 65536;
 
+// Whether this thread's working directory is its own (see
+// SetThreadHasOwnFsContext); -1 until then, else the proc fd it was moved to.
+thread_local bool t_own_fs_context = false;
+thread_local int t_cwd_proc_fd = -1;
+
 // Whether "/proc/self/fd" by path is the directory proc_fd_ holds. In a
 // sandbox (pivot_root into the shared directory) it may not be, and the
 // path would then resolve inside the guest's files.
@@ -108,7 +113,10 @@ bool ProcPathIsOurs(int proc_fd) {
 // fifo must never be opened). Other nodes go through the path
 // "/proc/self/fd/N" with the calls that follow links: the magic link ends on
 // the node itself, a symlink included, never on a symlink's target (the l*
-// calls would act on the magic link instead and fail).
+// calls would act on the magic link instead and fail). In a sandbox, where
+// that absolute path is not our /proc (pivot_root or chroot into the share),
+// a queue worker, whose working directory is its own, moves it to the proc
+// fd and uses the relative path "N" instead, as virtiofsd does.
 struct XattrTarget {
   PathFd node;  // The node's O_PATH fd while the call needs it.
   UniqueFd fd;
@@ -147,8 +155,16 @@ int OpenXattrTarget(int proc_fd, const Inode& inode, PathFd node, XattrTarget* t
     // needs no open.
     if (errno != EACCES && errno != EPERM) return Errno();
   }
-  if (!ProcPathIsOurs(proc_fd)) return ENOTSUP;
-  t->path = "/proc/self/fd/" + self;
+  if (ProcPathIsOurs(proc_fd)) {
+    t->path = "/proc/self/fd/" + self;
+    return 0;
+  }
+  if (!t_own_fs_context) return ENOTSUP;  // Moving the process's cwd is not ours to do.
+  if (t_cwd_proc_fd != proc_fd) {
+    if (fchdir(proc_fd) != 0) return Errno();
+    t_cwd_proc_fd = proc_fd;
+  }
+  t->path = self;
   return 0;
 }
 
@@ -717,6 +733,11 @@ void PassthroughFs::SyncFs(const RequestContext&, uint64_t node, Reply<void> rep
   if (!fd.valid()) return reply.Error(Errno());
   if (syncfs(fd.get()) != 0) return reply.Error(Errno());
   reply.Ok();
+}
+
+void SetThreadHasOwnFsContext() {
+  t_own_fs_context = true;
+  t_cwd_proc_fd = -1;
 }
 
 }  // namespace virtiofs::passthrough

@@ -37,6 +37,11 @@ using FileHandles = PassthroughOptions::FileHandles;
 
 inline int Errno() { return errno > 0 ? errno : EIO; }
 
+// Marks the calling thread as having a file-system context (cwd, umask) of
+// its own (after unshare(CLONE_FS)): xattr calls on nodes that cannot be
+// opened may then change its working directory (passthrough_ext.cc).
+void SetThreadHasOwnFsContext();
+
 inline bool IsSpecial(uint32_t type) {
   return type != S_IFREG && type != S_IFDIR && type != S_IFLNK;
 }
@@ -395,6 +400,7 @@ class PassthroughFs final : public PassthroughBackend {
     // its own with umask 0, leaving the process's umask alone.
     if (unshare(CLONE_FS) == 0) {
       umask(0);
+      SetThreadHasOwnFsContext();
     } else {
       VIRTIOFS_LOG(kWarning, "unshare(CLONE_FS): {}; the process umask applies to new files",
                    strerror(errno));
