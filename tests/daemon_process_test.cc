@@ -676,6 +676,12 @@ TEST_CASE("the front-end leaves with a lock wait and writes in flight") {
                                 FuseBody().Add(WholeFileLock(fh, type)).bytes()))
                 .error() == 0);
     }
+    // The guest process closes the file: its lock descriptor goes too.
+    fuse_flush_in flush{};
+    flush.fh = fh;
+    flush.lock_owner = WholeFileLock(fh, F_UNLCK).owner;
+    CHECK(s.Call(BuildRequest(FUSE_FLUSH, s.unique += 2, node, FuseBody().Add(flush).bytes()))
+              .error() == 0);
     INFO("fds before:\n" << fds_listed << "fds after:\n" << FdsOf(serving));
     CHECK(SettledFdCount(serving) == fds_before);
   }

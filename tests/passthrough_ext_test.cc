@@ -9,6 +9,7 @@
 #include <linux/fs.h>
 #include <sys/file.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -102,6 +103,9 @@ struct Env {
     REQUIRE(r.error() == 0);
     return r.BodyAs<fuse_open_out>()->fh;
   }
+  void Forget(uint64_t node, uint64_t n = 1) {  // No reply.
+    Call(FUSE_FORGET, node, FuseBody().Add(fuse_forget_in{n}), 0);
+  }
   uint64_t OpenDir(uint64_t node) {
     fuse_open_in in{O_RDONLY, 0};
     auto r = Call(FUSE_OPENDIR, node, FuseBody().Add(in));
@@ -168,10 +172,12 @@ struct Env {
   std::unique_ptr<FuseHarness> harness;
 };
 
-FuseBody LockBody(uint64_t fh, uint32_t type, uint64_t start, uint64_t end, bool flock = false) {
+// A lock request of guest process (lock owner) `owner`.
+FuseBody LockBody(uint64_t fh, uint32_t type, uint64_t start, uint64_t end, bool flock = false,
+                  uint64_t owner = 0x1234) {
   fuse_lk_in in{};
   in.fh = fh;
-  in.owner = 0x1234;
+  in.owner = owner;
   in.lk.start = start;
   in.lk.end = end;
   in.lk.type = type;
@@ -660,12 +666,17 @@ struct LockFile {
   int host;  // The host's own open file.
 };
 
-TEST_CASE("POSIX locks are host OFD locks") {
+TEST_CASE("POSIX locks are host OFD locks, one per guest lock owner") {
   Env e;
   LockFile lf(e);
   const uint64_t a = e.Open(lf.node, O_RDWR), b = e.Open(lf.node, O_RDWR);
+  // Two guest processes (lock owners), P1 and P2.
+  auto lk = [&](uint64_t fh, uint32_t type, uint64_t start, uint64_t end, uint64_t owner) {
+    return LockBody(fh, type, start, end, /*flock=*/false, owner);
+  };
+  constexpr uint64_t kP1 = 0x1234, kP2 = 0x5678;
 
-  REQUIRE(e.Call(FUSE_SETLK, lf.node, LockBody(a, F_WRLCK, 0, 99)).error() == 0);
+  REQUIRE(e.Call(FUSE_SETLK, lf.node, lk(a, F_WRLCK, 0, 99, kP1)).error() == 0);
   // The host sees the guest's lock (an OFD lock: pid -1).
   struct flock seen = HostGetLk(lf.host, F_RDLCK, 0, 0);
   CHECK(seen.l_type == F_WRLCK);
@@ -673,47 +684,114 @@ TEST_CASE("POSIX locks are host OFD locks") {
   CHECK(seen.l_len == 100);
   CHECK(seen.l_pid == -1);
 
-  // Another guest open file conflicts; the holder's own does not.
-  auto got = e.Call(FUSE_GETLK, lf.node, LockBody(b, F_RDLCK, 50, 60));
-  REQUIRE(got.error() == 0);
-  CHECK(got.BodyAs<fuse_lk_out>()->lk.type == F_WRLCK);
-  CHECK(got.BodyAs<fuse_lk_out>()->lk.start == 0);
-  CHECK(got.BodyAs<fuse_lk_out>()->lk.end == 99);
-  CHECK(got.BodyAs<fuse_lk_out>()->lk.pid == 0);
-  CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(b, F_RDLCK, 50, 60)).error() == -EAGAIN);
-  auto own = e.Call(FUSE_GETLK, lf.node, LockBody(a, F_WRLCK, 0, kOffsetMax));
-  REQUIRE(own.error() == 0);
-  CHECK(own.BodyAs<fuse_lk_out>()->lk.type == F_UNLCK);
-  CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(b, F_WRLCK, 100, 199)).error() == 0);
-  CHECK(HostLock(lf.host, F_RDLCK, 0, 10) == EAGAIN);
+  // Another owner conflicts, through another open file or the same one (a
+  // forked process sharing it); the holder's own handles do not.
+  for (uint64_t fh : {b, a}) {
+    INFO("P2 through handle " << fh);
+    auto got = e.Call(FUSE_GETLK, lf.node, lk(fh, F_RDLCK, 50, 60, kP2));
+    REQUIRE(got.error() == 0);
+    CHECK(got.BodyAs<fuse_lk_out>()->lk.type == F_WRLCK);
+    CHECK(got.BodyAs<fuse_lk_out>()->lk.start == 0);
+    CHECK(got.BodyAs<fuse_lk_out>()->lk.end == 99);
+    CHECK(got.BodyAs<fuse_lk_out>()->lk.pid == 0);
+    CHECK(e.Call(FUSE_SETLK, lf.node, lk(fh, F_RDLCK, 50, 60, kP2)).error() == -EAGAIN);
+  }
+  for (uint64_t fh : {a, b}) {
+    auto own = e.Call(FUSE_GETLK, lf.node, lk(fh, F_WRLCK, 0, kOffsetMax, kP1));
+    REQUIRE(own.error() == 0);
+    CHECK(own.BodyAs<fuse_lk_out>()->lk.type == F_UNLCK);
+  }
+  // P1 changes its lock through its other handle, as one process may.
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(b, F_RDLCK, 0, 49, kP1)).error() == 0);
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(a, F_RDLCK, 0, 10, kP2)).error() == 0);
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(b, F_WRLCK, 100, 199, kP2)).error() == 0);
+  CHECK(HostLock(lf.host, F_RDLCK, 150, 10) == EAGAIN);
 
   // Unlock: the host sees the range free.
-  REQUIRE(e.Call(FUSE_SETLK, lf.node, LockBody(a, F_UNLCK, 0, 99)).error() == 0);
+  REQUIRE(e.Call(FUSE_SETLK, lf.node, lk(a, F_UNLCK, 0, 99, kP1)).error() == 0);
+  REQUIRE(e.Call(FUSE_SETLK, lf.node, lk(a, F_UNLCK, 0, 99, kP2)).error() == 0);
   CHECK(HostGetLk(lf.host, F_WRLCK, 0, 100).l_type == F_UNLCK);
   CHECK(HostLock(lf.host, F_RDLCK, 0, 10) == 0);
+  // An owner that never locked unlocks nothing, successfully.
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(a, F_UNLCK, 0, kOffsetMax, 0x9999)).error() == 0);
 
   // A host lock to the end of the file against guest ranges.
   REQUIRE(HostLock(lf.host, F_WRLCK, 500, 0) == 0);
-  CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(a, F_RDLCK, 600, 700)).error() == -EAGAIN);
-  auto host_lock = e.Call(FUSE_GETLK, lf.node, LockBody(a, F_RDLCK, 600, kOffsetMax));
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(a, F_RDLCK, 600, 700, kP1)).error() == -EAGAIN);
+  auto host_lock = e.Call(FUSE_GETLK, lf.node, lk(a, F_RDLCK, 600, kOffsetMax, kP1));
   REQUIRE(host_lock.error() == 0);
   CHECK(host_lock.BodyAs<fuse_lk_out>()->lk.type == F_WRLCK);
   CHECK(host_lock.BodyAs<fuse_lk_out>()->lk.start == 500);
   CHECK(host_lock.BodyAs<fuse_lk_out>()->lk.end == kOffsetMax);
-  CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(a, F_RDLCK, 300, 499)).error() == 0);
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(a, F_RDLCK, 300, 499, kP1)).error() == 0);
 
-  // Closing the guest's open file releases its locks.
+  // A close(2) by P2, of any of its descriptors of the file (FLUSH with its
+  // lock_owner), drops P2's locks; P1's stay.
+  fuse_flush_in flush{};
+  flush.fh = a;
+  flush.lock_owner = kP2;
+  REQUIRE(e.Call(FUSE_FLUSH, lf.node, FuseBody().Add(flush)).error() == 0);
+  CHECK(HostGetLk(lf.host, F_WRLCK, 100, 100).l_type == F_UNLCK);
+  CHECK(HostGetLk(lf.host, F_WRLCK, 300, 200).l_type == F_RDLCK);
+  // And the last FORGET of the node drops every owner's.
   fuse_release_in rel{b, 0, 0, 0};
   REQUIRE(e.Call(FUSE_RELEASE, lf.node, FuseBody().Add(rel)).error() == 0);
-  CHECK(HostGetLk(lf.host, F_WRLCK, 100, 100).l_type == F_UNLCK);
 
   // Bad ranges and handles.
-  CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(a, F_WRLCK, 10, 5)).error() == -EINVAL);
-  CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(a, F_WRLCK, 0, kOffsetMax + 1)).error() == -EINVAL);
-  CHECK(e.Call(FUSE_GETLK, lf.node, LockBody(a, F_WRLCK, 7, 6)).error() == -EINVAL);
-  CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(b, F_WRLCK, 0, 1)).error() == -EBADF);
-  CHECK(e.Call(FUSE_GETLK, lf.node, LockBody(4242, F_WRLCK, 0, 1)).error() == -EBADF);
-  CHECK(e.Call(FUSE_SETLKW, lf.node, LockBody(4242, F_WRLCK, 0, 1)).error() == -EBADF);
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(a, F_WRLCK, 10, 5, kP1)).error() == -EINVAL);
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(a, F_WRLCK, 0, kOffsetMax + 1, kP1)).error() == -EINVAL);
+  CHECK(e.Call(FUSE_GETLK, lf.node, lk(a, F_WRLCK, 7, 6, kP1)).error() == -EINVAL);
+  CHECK(e.Call(FUSE_SETLK, lf.node, lk(b, F_WRLCK, 0, 1, kP1)).error() == -EBADF);
+  CHECK(e.Call(FUSE_GETLK, lf.node, lk(4242, F_WRLCK, 0, 1, kP1)).error() == -EBADF);
+  CHECK(e.Call(FUSE_SETLKW, lf.node, lk(4242, F_WRLCK, 0, 1, kP1)).error() == -EBADF);
+
+  fuse_release_in rel_a{a, 0, 0, 0};
+  REQUIRE(e.Call(FUSE_RELEASE, lf.node, FuseBody().Add(rel_a)).error() == 0);
+  CHECK(HostGetLk(lf.host, F_WRLCK, 300, 200).l_type == F_RDLCK);  // Not the owner's close.
+  e.Forget(lf.node);
+  CHECK(HostGetLk(lf.host, F_WRLCK, 300, 200).l_type == F_UNLCK);
+}
+
+TEST_CASE("lock owners are bounded; their descriptors go with FLUSH and FORGET") {
+  rlimit rl;
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < 6000) {
+    WARN("skipped: RLIMIT_NOFILE hard limit " << rl.rlim_max << " < 6000");
+    return;
+  }
+  const rlimit saved = rl;
+  rl.rlim_cur = 6000;
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  {
+    Env e;
+    const int start = testing::CountFds();
+    LockFile lf(e);
+    const uint64_t a = e.Open(lf.node, O_RDWR);
+    const int fds = testing::CountFds();
+    constexpr uint64_t kOwners = 4096;  // PassthroughFs::kMaxLockOwners
+    for (uint64_t owner = 1; owner <= kOwners; ++owner) {
+      auto r = e.Call(FUSE_SETLK, lf.node, LockBody(a, F_RDLCK, owner, owner, false, owner));
+      if (r.error() != 0) FAIL("owner " << owner << ": error " << r.error());
+    }
+    CHECK(testing::CountFds() == fds + static_cast<int>(kOwners));
+    // One owner more: the lock table is full.
+    CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(a, F_RDLCK, 0, 0, false, kOwners + 1)).error() ==
+          -ENOLCK);
+    // An owner's close frees its entry.
+    fuse_flush_in flush{};
+    flush.fh = a;
+    flush.lock_owner = 7;
+    REQUIRE(e.Call(FUSE_FLUSH, lf.node, FuseBody().Add(flush)).error() == 0);
+    CHECK(e.Call(FUSE_SETLK, lf.node, LockBody(a, F_RDLCK, 0, 0, false, kOwners + 1)).error() == 0);
+    fuse_release_in rel{a, 0, 0, 0};
+    REQUIRE(e.Call(FUSE_RELEASE, lf.node, FuseBody().Add(rel)).error() == 0);
+    e.Forget(lf.node);
+    // The handle's, the node's and every owner's descriptor went (the host's
+    // own is left).
+    CHECK(testing::CountFds() == start + 1);
+    CHECK(HostGetLk(lf.host, F_WRLCK, 0, 0).l_type == F_UNLCK);
+  }
+  setrlimit(RLIMIT_NOFILE, &saved);
 }
 
 TEST_CASE("a host process's lock: GETLK reports it without the host pid") {

@@ -75,7 +75,11 @@ struct PassthroughOptions {
   // Keep O_NOATIME from the guest. When false it is dropped, for a daemon
   // without CAP_FOWNER that would otherwise fail opens of others' files.
   bool preserve_noatime = true;
-  bool posix_locks = true;        // FUSE_POSIX_LOCKS (host OFD locks).
+  // FUSE_POSIX_LOCKS: host OFD locks, one open file per (node, lock owner)
+  // that locks, so guest processes conflict with each other and a close()
+  // (FLUSH) drops the closing process's locks. At most 4096 owners with
+  // locks at once (then ENOLCK); each holds one descriptor.
+  bool posix_locks = true;
   bool flock = true;              // FUSE_FLOCK_LOCKS.
   // File data I/O: io_uring on each queue worker (falls back to the
   // synchronous engine where io_uring is unavailable), or synchronous.

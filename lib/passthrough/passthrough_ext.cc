@@ -552,25 +552,75 @@ void PassthroughFs::RemoveXattr(const RequestContext& ctx, uint64_t node, std::s
 }
 
 // ---------------------------------------------------------------------------
-// Locks. POSIX locks are host OFD locks on the handle's descriptor, so the
-// host and other guests see them, and they go when the guest's open file
-// does (RELEASE closes the descriptor). `owner` is not used: locks belong to
-// the guest's open file (one FUSE handle), not to its process.
-//
-// Known deviation from POSIX (process-owned) locks, which the guest kernel
-// expects with FUSE_POSIX_LOCKS: it sends FLUSH with the closing process's
-// lock_owner on every close() so that the server drops that owner's locks
-// (fcntl(2): closing any fd of a file releases the process's locks on it).
-// FLUSH does not do that here; the locks go at RELEASE, the last close of
-// the guest's open file. The two differ only when that open file outlives
-// the close (dup()ed into, inherited by fork(), or passed to another
-// process): the locks then stay until the last holder closes it, and two
-// processes sharing one open file do not conflict with each other. QEMU's C
-// virtiofsd kept one OFD descriptor per (inode, lock_owner) and closed it at
-// FLUSH; doing the same here needs a descriptor per owner (fd budget) and is
-// left for later.
+// Locks. POSIX locks are host OFD locks, so the host and other guests see
+// them. The guest's locks belong to a process (its lock_owner), not to an
+// open file: two processes sharing one open file (fork) conflict, and any
+// close(2) of the file by a process drops that process's locks on it (the
+// guest sends FLUSH with its lock_owner). So each (node, lock_owner) that
+// takes a lock gets an open file description of its own, reopened from the
+// request's handle (read-write where the daemon may, else with the handle's
+// access mode), as QEMU's C virtiofsd did; FLUSH closes it, and so does the
+// last FORGET of the node. A lock the owner's description cannot take (a
+// write lock where only read access could be had) fails with EBADF, as
+// fcntl(2) would on a read-only descriptor. flock(2) locks do belong to the
+// open file: they are taken on the handle's own descriptor and go at its
+// RELEASE.
 
-void PassthroughFs::GetLk(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
+std::shared_ptr<UniqueFd> PassthroughFs::OwnerLockFd(uint64_t node, const Handle& h,
+                                                     uint64_t owner, bool create, int* err) {
+  std::lock_guard lock(owner_locks_mu_);
+  auto it = owner_locks_.find({node, owner});
+  if (it != owner_locks_.end()) return it->second;
+  if (!create) return nullptr;
+  if (owner_locks_.size() >= kMaxLockOwners) {
+    *err = ENOLCK;
+    return nullptr;
+  }
+  // As the daemon; O_NONBLOCK: never wait for a lease to break.
+  const std::string self = std::to_string(h.fd.get());
+  constexpr int kFlags = O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
+  UniqueFd fd(openat(proc_fd_.get(), self.c_str(), O_RDWR | kFlags));
+  if (!fd.valid()) {
+    const int mode = fcntl(h.fd.get(), F_GETFL);
+    if (mode < 0) {
+      *err = Errno();
+      return nullptr;
+    }
+    fd.reset(openat(proc_fd_.get(), self.c_str(), (mode & O_ACCMODE) | kFlags));
+  }
+  if (!fd.valid()) {
+    *err = Errno();
+    return nullptr;
+  }
+  auto shared = std::make_shared<UniqueFd>(std::move(fd));
+  owner_locks_.emplace(std::pair{node, owner}, shared);
+  has_owner_locks_.store(true, std::memory_order_relaxed);
+  return shared;
+}
+
+void PassthroughFs::DropOwnerLocks(uint64_t node, uint64_t owner) {
+  if (!has_owner_locks_.load(std::memory_order_relaxed)) return;
+  std::shared_ptr<UniqueFd> gone;  // Closed outside the lock (a waiter may still hold it).
+  std::lock_guard lock(owner_locks_mu_);
+  auto it = owner_locks_.find({node, owner});
+  if (it == owner_locks_.end()) return;
+  gone = std::move(it->second);
+  owner_locks_.erase(it);
+  has_owner_locks_.store(!owner_locks_.empty(), std::memory_order_relaxed);
+}
+
+void PassthroughFs::DropNodeLocks(uint64_t node) {
+  std::vector<std::shared_ptr<UniqueFd>> gone;
+  std::lock_guard lock(owner_locks_mu_);
+  for (auto it = owner_locks_.lower_bound({node, 0});
+       it != owner_locks_.end() && it->first.first == node;) {
+    gone.push_back(std::move(it->second));
+    it = owner_locks_.erase(it);
+  }
+  has_owner_locks_.store(!owner_locks_.empty(), std::memory_order_relaxed);
+}
+
+void PassthroughFs::GetLk(const RequestContext&, uint64_t node, uint64_t handle, uint64_t owner,
                           const FileLock& lock, bool flock, Reply<FileLock> reply) {
   if (!options_.posix_locks) return reply.Error(ENOSYS);
   if (flock) return reply.Error(EINVAL);  // flock(2) has no query.
@@ -578,24 +628,41 @@ void PassthroughFs::GetLk(const RequestContext&, uint64_t, uint64_t handle, uint
   if (!h) return reply.Error(EBADF);
   struct flock fl;
   if (!ToFlock(lock, &fl)) return reply.Error(EINVAL);
-  if (fcntl(h->fd.get(), F_OFD_GETLK, &fl) != 0) return reply.Error(Errno());
+  // Against the owner's description (its own locks never conflict); an
+  // owner without one holds no lock, and the handle's holds none either.
+  int err = 0;
+  const auto owned = OwnerLockFd(node, *h, owner, /*create=*/false, &err);
+  const int fd = owned ? owned->get() : h->fd.get();
+  if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return reply.Error(Errno());
   if (fl.l_type == F_UNLCK) return reply.Ok(FileLock{lock.start, lock.end, F_UNLCK, 0});
   reply.Ok(FromFlock(fl));
 }
 
-void PassthroughFs::SetLk(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
+void PassthroughFs::SetLk(const RequestContext&, uint64_t node, uint64_t handle, uint64_t owner,
                           const FileLock& lock, bool flock, bool wait, Reply<void> reply) {
   if (!(flock ? options_.flock : options_.posix_locks)) return reply.Error(ENOSYS);
   auto h = handles_.Get(handle);
   if (!h) return reply.Error(EBADF);
   LockCall call;
   if (int e = MakeLockCall(lock, flock, &call); e != 0) return reply.Error(e);
+  // The descriptor the lock goes on: the handle's for flock, the owner's
+  // for POSIX locks (none yet and an unlock: nothing to do).
+  std::shared_ptr<UniqueFd> owned;
+  if (!flock) {
+    int e = 0;
+    owned = OwnerLockFd(node, *h, owner, /*create=*/lock.type != F_UNLCK, &e);
+    if (!owned) return e != 0 ? reply.Error(e) : reply.Ok();
+  }
+  const int fd = owned ? owned->get() : h->fd.get();
   // Try without waiting first: most locks are free, and need no thread.
-  const int err = call.Run(h->fd.get(), /*block=*/false);
+  const int err = call.Run(fd, /*block=*/false);
   if (err == 0) return reply.Ok();
   if (!wait || !WouldBlock(err)) return reply.Error(err);
-  lock_waiters_->Start([h, call] { return call.Run(h->fd.get(), /*block=*/true); },
-                       std::move(reply));
+  // The waiter keeps the descriptor open (a FLUSH meanwhile drops the
+  // owner's entry; the lock, if it comes, then goes with the waiter).
+  lock_waiters_->Start(
+      [h, owned, call] { return call.Run(owned ? owned->get() : h->fd.get(), /*block=*/true); },
+      std::move(reply));
 }
 
 // ---------------------------------------------------------------------------

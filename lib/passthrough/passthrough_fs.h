@@ -183,7 +183,13 @@ class PassthroughFs final : public PassthroughBackend {
     reply.Ok(e);
   }
 
-  void Forget(uint64_t node, uint64_t nlookup) override { inodes_.Forget(node, nlookup); }
+  void Forget(uint64_t node, uint64_t nlookup) override {
+    inodes_.Forget(node, nlookup);
+    // A node the guest forgot has no open file left there: no lock either.
+    if (has_owner_locks_.load(std::memory_order_relaxed) && !inodes_.Get(node)) {
+      DropNodeLocks(node);
+    }
+  }
 
   void GetAttr(const RequestContext&, uint64_t node, std::optional<uint64_t> handle,
                Reply<Attributes> reply) override {
@@ -443,9 +449,12 @@ class PassthroughFs final : public PassthroughBackend {
 
   // Nothing to flush (no data is buffered here). The lock_owner's POSIX
   // locks are not released: see the lock notes in passthrough_ext.cc.
-  void Flush(const RequestContext&, uint64_t, uint64_t handle, uint64_t,
+  // close(2) in the guest: the closing process's POSIX locks on the file go
+  // (passthrough_ext.cc, "Locks").
+  void Flush(const RequestContext&, uint64_t node, uint64_t handle, uint64_t lock_owner,
              Reply<void> reply) override {
     if (!handles_.Get(handle)) return reply.Error(EBADF);
+    DropOwnerLocks(node, lock_owner);
     reply.Ok();
   }
   void Release(const RequestContext&, uint64_t, uint64_t handle, uint32_t, uint32_t release_flags,
@@ -838,6 +847,17 @@ class PassthroughFs final : public PassthroughBackend {
   const std::unique_ptr<IoEngine> sync_engine_ = io_internal::MakeSyncEngine();
 
   // passthrough_ext.cc helpers
+  // POSIX locks: one open file description per (node, lock owner) that has
+  // locks, so that owners conflict and FLUSH drops one owner's locks
+  // (passthrough_ext.cc, "Locks"). At most kMaxLockOwners at once.
+  static constexpr size_t kMaxLockOwners = 4096;
+  std::shared_ptr<UniqueFd> OwnerLockFd(uint64_t node, const Handle& h, uint64_t owner,
+                                        bool create, int* err);
+  void DropOwnerLocks(uint64_t node, uint64_t owner);
+  void DropNodeLocks(uint64_t node);
+  std::mutex owner_locks_mu_;
+  std::map<std::pair<uint64_t, uint64_t>, std::shared_ptr<UniqueFd>> owner_locks_;
+  std::atomic<bool> has_owner_locks_{false};  // !owner_locks_.empty(), read without the lock.
   // Threads that answer SETLKW requests which must wait for the lock.
   class LockWaiters;
   static std::shared_ptr<LockWaiters> MakeLockWaiters();
