@@ -1,12 +1,12 @@
 // The daemon as a process, driven by the test front-end: a FUSE session on a
 // host directory, and SIGTERM in the middle of a stream of writes (every
 // write acknowledged after fsync is on the host, and the daemon exits 0).
+#include "tests/support/daemon_process.h"
+
 #include <fcntl.h>
-#include <grp.h>
 #include <linux/virtio_config.h>
 #include <linux/virtio_ring.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -76,19 +76,26 @@ uid_t RunAs() {
   return env ? static_cast<uid_t>(std::strtoul(env, nullptr, 10)) : 0;
 }
 
-// The daemon under test, always reaped (SIGKILL if it lingers).
-class Daemon {
+// The daemon under test with the suite's flags, always reaped (SIGKILL if
+// it lingers). `socket` is a path to listen on, or "fd=N": a listening
+// socket the daemon inherits as fd N (libvirt's and Kata's --fd).
+class Daemon : public testing::DaemonProcess {
  public:
-  // `socket` is a path to listen on, or "fd=N": a listening socket the
-  // daemon inherits as fd N (libvirt's and Kata's --fd).
   Daemon(const std::string& share, const std::string& socket, const std::string& log,
-         const std::vector<std::string>& extra = {}) {
+         const std::vector<std::string>& extra = {})
+      : DaemonProcess(Args(share, socket, extra), log,
+                      {.inherit_fd = Inherited(socket), .run_as = RunAs()}) {}
+
+ private:
+  static int Inherited(const std::string& socket) {
+    return socket.rfind("fd=", 0) == 0 ? std::stoi(socket.substr(3)) : -1;
+  }
+  static std::vector<std::string> Args(const std::string& share, const std::string& socket,
+                                       const std::vector<std::string>& extra) {
     const char* bin = std::getenv("VIRTIOFSD");
     REQUIRE(bin != nullptr);
-    const bool inherit = socket.rfind("fd=", 0) == 0;
-    const int inherited = inherit ? std::stoi(socket.substr(3)) : -1;
     std::vector<std::string> args = {bin, "--shared-dir", share, "--log-level", "debug"};
-    if (inherit) {
+    if (const int inherited = Inherited(socket); inherited >= 0) {
       args.push_back("--fd=" + std::to_string(inherited));
     } else {
       args.insert(args.end(), {"--socket-path", socket});
@@ -97,52 +104,8 @@ class Daemon {
     // test case's own.
     for (const std::string& a : ExtraArgs()) args.push_back(a);
     args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    REQUIRE(out >= 0);
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(out, 1);
-      dup2(out, 2);
-      if (inherited >= 0) fcntl(inherited, F_SETFD, 0);  // Passed on exec.
-      if (const uid_t user = RunAs(); user != 0) {
-        // An unprivileged daemon (the namespace sandbox in a user namespace).
-        if (setgroups(0, nullptr) != 0 || setresgid(user, user, user) != 0 ||
-            setresuid(user, user, user) != 0) {
-          _exit(126);
-        }
-      }
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out);
-    REQUIRE(pid_ > 0);
+    return args;
   }
-  ~Daemon() {
-    if (pid_ > 0 && !status_) {
-      kill(pid_, SIGKILL);
-      Wait(5000);
-    }
-  }
-  std::optional<int> Wait(int timeout_ms) {
-    for (int waited = 0; !status_ && waited <= timeout_ms; waited += 10) {
-      int st;
-      if (waitpid(pid_, &st, WNOHANG) == pid_) {
-        status_ = st;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return status_;
-  }
-  pid_t pid() const { return pid_; }
-
- private:
-  pid_t pid_ = -1;
-  std::optional<int> status_;
 };
 
 struct Session {

@@ -18,7 +18,6 @@
 #include <linux/virtio_config.h>
 #include <linux/virtio_ring.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -30,6 +29,7 @@
 #include <optional>
 #include <thread>
 
+#include "tests/support/daemon_process.h"
 #include "tests/support/driver_queue.h"
 #include "tests/support/frontend.h"
 #include "tests/support/fuse_request.h"
@@ -49,37 +49,22 @@ using testing::FuseReply;
 using testing::GuestRam;
 namespace fs = std::filesystem;
 
-pid_t StartDaemon(const std::string& share, const std::string& socket, const std::string& log) {
-  const char* bin = std::getenv("VIRTIOFSD");
-  REQUIRE(bin != nullptr);
-  std::vector<std::string> args = {bin,    "--shared-dir", share,         "--socket-path",
-                                   socket, "--reconnect",  "--log-level", "debug"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-  REQUIRE(out >= 0);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    dup2(out, 1);
-    dup2(out, 2);
-    execv(argv[0], argv.data());
-    _exit(127);
-  }
-  close(out);
-  REQUIRE(pid > 0);
-  return pid;
-}
+// A daemon with --reconnect on `socket`, always reaped (SIGKILL if it
+// lingers). Both daemons of a test write to the same log, one after the
+// other.
+class Daemon : public testing::DaemonProcess {
+ public:
+  Daemon(const std::string& share, const std::string& socket, const std::string& log)
+      : DaemonProcess(Args(share, socket), log, {.append_log = true}) {}
 
-std::optional<int> WaitFor(pid_t pid, int timeout_ms) {
-  for (int waited = 0; waited <= timeout_ms; waited += 10) {
-    int st;
-    if (waitpid(pid, &st, WNOHANG) == pid) return st;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+ private:
+  static std::vector<std::string> Args(const std::string& share, const std::string& socket) {
+    const char* bin = std::getenv("VIRTIOFSD");
+    REQUIRE(bin != nullptr);
+    return {bin,    "--shared-dir", share,         "--socket-path",
+            socket, "--reconnect",  "--log-level", "debug"};
   }
-  return std::nullopt;
-}
+};
 
 // The guest side: RAM, the hiprio and one request queue, and the front-end
 // that hands them to the daemon.
@@ -144,7 +129,7 @@ TEST_CASE("SIGKILL mid-stream, then a new daemon on the same socket with --recon
   fs::create_directory(share);
   testing::WriteFile(share + "/other", "other file");
 
-  const pid_t first = StartDaemon(share, sock, log);
+  Daemon first(share, sock, log);
   uint64_t old_node = 0, old_fh = 0;
   uint64_t acknowledged = 0;
   const std::string block(4096, 'k');
@@ -155,7 +140,7 @@ TEST_CASE("SIGKILL mid-stream, then a new daemon on the same socket with --recon
     bool killed = false;
     for (int i = 0; i < 2000; ++i) {
       if (i == 40) {
-        REQUIRE(kill(first, SIGKILL) == 0);
+        REQUIRE(kill(first.pid(), SIGKILL) == 0);
         killed = true;
       }
       fuse_write_in w{};
@@ -170,7 +155,7 @@ TEST_CASE("SIGKILL mid-stream, then a new daemon on the same socket with --recon
       acknowledged += 4096;
     }
     REQUIRE(killed);
-    auto st = WaitFor(first, 10000);
+    auto st = first.Wait(10000);
     REQUIRE(st.has_value());
     CHECK(WIFSIGNALED(*st));
     CHECK(WTERMSIG(*st) == SIGKILL);
@@ -185,7 +170,7 @@ TEST_CASE("SIGKILL mid-stream, then a new daemon on the same socket with --recon
   CHECK(fs::exists(sock));
   CHECK(fs::exists(sock + ".pid"));
 
-  const pid_t second = StartDaemon(share, sock, log);
+  Daemon second(share, sock, log);
   {
     Guest g(sock);  // Connects: the stale socket and pid file did not stop it.
     // The guest's old mount goes on: no session here, every request is EIO.
@@ -216,13 +201,13 @@ TEST_CASE("SIGKILL mid-stream, then a new daemon on the same socket with --recon
     auto stream = g.Call(testing::BuildLookup(g.unique += 2, FUSE_ROOT_ID, "stream"));
     REQUIRE(stream.error() == 0);
     CHECK(stream.BodyAs<fuse_entry_out>()->attr.size >= acknowledged);
-    CHECK_FALSE(WaitFor(second, 0).has_value());  // Still up.
+    CHECK_FALSE(second.Wait(0).has_value());  // Still up.
   }
   // --reconnect: it waits for the next front-end; SIGTERM ends it cleanly.
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  CHECK_FALSE(WaitFor(second, 0).has_value());
-  REQUIRE(kill(second, SIGTERM) == 0);
-  auto st = WaitFor(second, 10000);
+  CHECK_FALSE(second.Wait(0).has_value());
+  REQUIRE(kill(second.pid(), SIGTERM) == 0);
+  auto st = second.Wait(10000);
   REQUIRE(st.has_value());
   CHECK(WIFEXITED(*st));
   CHECK(WEXITSTATUS(*st) == 0);

@@ -1,7 +1,7 @@
 // The FUSE layer end to end on real guest memory: a DriverQueue plays the
 // guest's virtiofs driver, a SplitQueue pops its chains, FuseSession decodes
-// them and runs them on a RecordingBackend, and the test reads the reply
-// bytes back out of guest RAM as the guest would.
+// them and runs them on a RecordingBackend (tests/support/recording_backend.h),
+// and the test reads the reply bytes back out of guest RAM as the guest would.
 //
 // Each opcode of <linux/fuse.h> 7.38 plus FUSE_STATX (7.39) has a test of the
 // decoded arguments and the exact reply bytes; then INIT negotiation; then
@@ -13,10 +13,8 @@
 #include <linux/limits.h>
 #include <poll.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/xattr.h>
 
-#include <atomic>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <chrono>
@@ -27,7 +25,6 @@
 #include <mutex>
 #include <optional>
 #include <set>
-#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -37,6 +34,7 @@
 #include "tests/support/driver_queue.h"
 #include "tests/support/fuse_request.h"
 #include "tests/support/guest_ram.h"
+#include "tests/support/recording_backend.h"
 #include "virtiofs/backend.h"
 #include "virtiofs/fuse_session.h"
 #include "virtiofs/log.h"
@@ -58,10 +56,18 @@ using testing::BuildRequest;
 using testing::BuildRequestWithExtensions;
 using testing::BuildSecurityContext;
 using testing::BuildSuppGroupsExtension;
+using testing::DirItem;
 using testing::DriverQueue;
 using testing::FuseBody;
 using testing::FuseReply;
 using testing::GuestRam;
+using testing::RecordingBackend;
+using testing::TestAttributes;
+using testing::TestEntry;
+using testing::TestStat;
+using testing::TestStatvfs;
+using testing::TestStatx;
+using Mode = RecordingBackend::Mode;
 
 constexpr uint64_t kRamBytes = 32ull << 20;
 constexpr uint64_t kDataGpa = 1ull << 20;
@@ -91,24 +97,9 @@ std::string Hex(std::span<const uint8_t> bytes) {
   return s;
 }
 
-// ---- canned answers and the wire form the guest must see for them ----
-
-struct stat TestStat(mode_t mode = S_IFREG | 0640, ino_t ino = 0x1111222233334444) {
-  struct stat st {};
-  st.st_ino = ino;
-  st.st_mode = mode;
-  st.st_nlink = 3;
-  st.st_uid = 1001;
-  st.st_gid = 1002;
-  st.st_rdev = 0x0805;
-  st.st_size = 123456789;
-  st.st_blksize = 4096;
-  st.st_blocks = 241;
-  st.st_atim = {1700000001, 11};
-  st.st_mtim = {1700000002, 22};
-  st.st_ctim = {1700000003, 33};
-  return st;
-}
+// ---- the wire form the guest must see for the recorder's canned answers ----
+// (TestStat, TestAttributes, TestEntry, TestStatx and TestStatvfs are in
+// tests/support/recording_backend.h.)
 
 fuse_attr TestFuseAttr(uint32_t flags, mode_t mode = S_IFREG | 0640,
                        uint64_t ino = 0x1111222233334444) {
@@ -132,30 +123,12 @@ fuse_attr TestFuseAttr(uint32_t flags, mode_t mode = S_IFREG | 0640,
   return a;
 }
 
-Attributes TestAttributes() {
-  Attributes a;
-  a.st = TestStat();
-  a.timeout = 2.5;
-  a.flags = FUSE_ATTR_SUBMOUNT;
-  return a;
-}
-
 fuse_attr_out TestAttrOut() {
   auto o = Zeroed<fuse_attr_out>();
   o.attr_valid = 2;
   o.attr_valid_nsec = 500000000;
   o.attr = TestFuseAttr(FUSE_ATTR_SUBMOUNT);
   return o;
-}
-
-Entry TestEntry(uint64_t node = 42, mode_t mode = S_IFREG | 0640, ino_t ino = 0x1111222233334444) {
-  Entry e;
-  e.node_id = node;
-  e.generation = 7;
-  e.attr = TestAttributes();
-  e.attr.st = TestStat(mode, ino);
-  e.entry_timeout = 1.25;
-  return e;
 }
 
 fuse_entry_out TestEntryOut(uint64_t node = 42, mode_t mode = S_IFREG | 0640,
@@ -169,33 +142,6 @@ fuse_entry_out TestEntryOut(uint64_t node = 42, mode_t mode = S_IFREG | 0640,
   o.attr_valid_nsec = 500000000;
   o.attr = TestFuseAttr(FUSE_ATTR_SUBMOUNT, mode, ino);
   return o;
-}
-
-StatxResult TestStatx() {
-  StatxResult r;
-  struct statx& s = r.stx;
-  s.stx_mask = STATX_BASIC_STATS | STATX_BTIME;
-  s.stx_blksize = 4096;
-  s.stx_attributes = STATX_ATTR_IMMUTABLE;
-  s.stx_nlink = 2;
-  s.stx_uid = 501;
-  s.stx_gid = 502;
-  s.stx_mode = S_IFDIR | 0755;
-  s.stx_ino = 0xABCDEF;
-  s.stx_size = 8192;
-  s.stx_blocks = 16;
-  s.stx_attributes_mask = STATX_ATTR_IMMUTABLE | STATX_ATTR_APPEND;
-  s.stx_atime = {1600000001, 101, 0};
-  s.stx_btime = {1600000002, 102, 0};
-  s.stx_ctime = {1600000003, 103, 0};
-  s.stx_mtime = {-5, 104, 0};
-  s.stx_rdev_major = 8;
-  s.stx_rdev_minor = 1;
-  s.stx_dev_major = 253;
-  s.stx_dev_minor = 4;
-  r.timeout = 0.75;
-  r.flags = FUSE_ATTR_SUBMOUNT;
-  return r;
 }
 
 fuse_statx_out TestStatxOut() {
@@ -226,29 +172,6 @@ fuse_statx_out TestStatxOut() {
   return o;
 }
 
-struct statvfs TestStatvfs() {
-  struct statvfs v {};
-  v.f_bsize = 4096;
-  v.f_frsize = 512;
-  v.f_blocks = 1000000;
-  v.f_bfree = 500000;
-  v.f_bavail = 400000;
-  v.f_files = 65536;
-  v.f_ffree = 60000;
-  v.f_favail = 59000;
-  v.f_namemax = 255;
-  return v;
-}
-
-// One READDIR / READDIRPLUS entry a backend serves.
-struct DirItem {
-  std::string name;
-  uint64_t ino;
-  uint32_t type;  // DT_*
-  uint64_t next_offset;
-  Entry entry;  // READDIRPLUS.
-};
-
 // The packed records a guest expects (fs/fuse/readdir.c parse_dirfile).
 void AppendDirent(std::vector<uint8_t>& out, uint64_t ino, uint64_t off, uint32_t type,
                   std::string_view name) {
@@ -262,441 +185,6 @@ void AppendDirent(std::vector<uint8_t>& out, uint64_t ino, uint64_t off, uint32_
   out.insert(out.end(), name.begin(), name.end());
   while (out.size() % 8 != 0) out.push_back(0);
 }
-
-// ---- the backend ----
-
-enum class Mode {
-  kOk,     // Answers inline with the canned value.
-  kError,  // Answers Error(error) inline.
-  kDrop,   // Drops the reply unanswered.
-  kTwice,  // Answers Ok twice, then Error: only the first may count.
-  kAsync,  // Answers from another thread, once `hold` is false.
-  kThrow,  // Throws out of the Backend method.
-};
-
-std::string Opt(const std::optional<uint64_t>& v) {
-  return v ? fmt::format("{}", *v) : std::string("none");
-}
-
-class RecordingBackend : public Backend {
- public:
-  ~RecordingBackend() override { JoinAll(); }
-
-  // ---- configuration (set before the request) ----
-  Mode mode = Mode::kOk;
-  int error = ENOENT;
-  std::atomic<bool> hold{false};
-  uint64_t init_flags = 0;
-
-  Entry entry = TestEntry();
-  Attributes attr = TestAttributes();
-  StatxResult statx = TestStatx();
-  OpenResult open{0xF00D, FOPEN_KEEP_CACHE};
-  CreateResult create{TestEntry(43), OpenResult{0xBEEF, FOPEN_DIRECT_IO}};
-  struct statvfs statfs = TestStatvfs();
-  std::string text = "some/link/target";  // READLINK, GETXATTR, LISTXATTR.
-  uint32_t u32 = 0;                       // WRITE (bytes written), POLL (revents).
-  uint64_t u64 = 0;                       // LSEEK, BMAP, COPY_FILE_RANGE.
-  FileLock lock{100, 199, F_WRLCK, 4242};
-  IoctlResult ioctl{-7, {1, 2, 3}};
-  std::string read_data;
-  std::optional<uint32_t> read_answer;  // READ: Ok(this) instead of read_data.size().
-  std::vector<DirItem> dir;
-  // Guest RAM, to tell whether an iovec points into it.
-  const uint8_t* ram_base = nullptr;
-  size_t ram_size = 0;
-
-  // ---- what the backend saw ----
-  std::vector<std::string> calls() const {
-    std::lock_guard l(mu_);
-    return calls_;
-  }
-  std::string last() const {
-    std::lock_guard l(mu_);
-    return calls_.empty() ? std::string("<no call>") : calls_.back();
-  }
-  size_t call_count() const {
-    std::lock_guard l(mu_);
-    return calls_.size();
-  }
-  RequestContext ctx() const {
-    std::lock_guard l(mu_);
-    return ctx_;
-  }
-  void ClearCalls() {
-    std::lock_guard l(mu_);
-    calls_.clear();
-  }
-
-  std::vector<iovec> read_buffers;  // ReadReply::buffers() as the backend got them.
-  std::vector<iovec> write_iov;     // WriteRequest::data during the call.
-  std::string write_data;           // Its bytes.
-  std::string late_write_data;      // The bytes read again when answering (kAsync: later).
-  std::vector<uint8_t> bytes;       // SETXATTR value, IOCTL input.
-  std::vector<ForgetItem> forgotten;
-  std::atomic<size_t> dir_added{0};
-  uint32_t init_minor = 0;
-  uint64_t init_negotiated = 0;
-  int destroys = 0;
-
-  bool InRam(const iovec& v) const {
-    const auto* p = static_cast<const uint8_t*>(v.iov_base);
-    return p >= ram_base && v.iov_len <= ram_size &&
-           p - ram_base <= static_cast<ptrdiff_t>(ram_size - v.iov_len);
-  }
-  // The bytes of `iov`, or a marker when one points outside guest RAM.
-  std::string Gather(std::span<const iovec> iov) const {
-    std::string s;
-    for (const iovec& v : iov) {
-      if (!InRam(v)) return "<iovec outside guest RAM>";
-      s.append(static_cast<const char*>(v.iov_base), v.iov_len);
-    }
-    return s;
-  }
-
-  void JoinAll() {
-    hold = false;
-    std::vector<std::thread> threads;
-    {
-      std::lock_guard l(threads_mu_);
-      threads.swap(threads_);
-    }
-    for (auto& t : threads) t.join();
-  }
-
-  // ---- Backend ----
-  uint64_t InitFlags() const override { return init_flags; }
-  void Init(uint32_t minor, uint64_t flags) override {
-    init_minor = minor;
-    init_negotiated = flags;
-    Record(fmt::format("Init {} {:#x}", minor, flags));
-  }
-  void Destroy() override {
-    ++destroys;
-    Record("Destroy");
-  }
-  void Lookup(const RequestContext& c, uint64_t parent, std::string_view name,
-              Reply<Entry> reply) override {
-    Record(c, fmt::format("Lookup {} {}", parent, name));
-    Value(std::move(reply), entry);
-  }
-  void Forget(uint64_t node, uint64_t nlookup) override {
-    forgotten.push_back({node, nlookup});
-    Record(fmt::format("Forget {} {}", node, nlookup));
-  }
-  void BatchForget(std::span<const ForgetItem> items) override {
-    std::string s = fmt::format("BatchForget {}", items.size());
-    for (const ForgetItem& it : items) {
-      s += fmt::format(" {}:{}", it.node_id, it.nlookup);
-      forgotten.push_back(it);
-    }
-    Record(s);
-  }
-  void GetAttr(const RequestContext& c, uint64_t node, std::optional<uint64_t> handle,
-               Reply<Attributes> reply) override {
-    Record(c, fmt::format("GetAttr {} fh={}", node, Opt(handle)));
-    Value(std::move(reply), attr);
-  }
-  void SetAttr(const RequestContext& c, uint64_t node, const SetAttrRequest& a,
-               Reply<Attributes> reply) override {
-    Record(c, fmt::format("SetAttr {} valid={:#x} fh={} mode={:o} uid={} gid={} size={} "
-                          "atime={}.{} mtime={}.{} ctime={}.{} owner={} kill={}",
-                          node, a.valid, Opt(a.handle), a.mode, a.uid, a.gid, a.size,
-                          a.atime.tv_sec, a.atime.tv_nsec, a.mtime.tv_sec, a.mtime.tv_nsec,
-                          a.ctime.tv_sec, a.ctime.tv_nsec, a.lock_owner, a.kill_suidgid()));
-    Value(std::move(reply), attr);
-  }
-  void Statx(const RequestContext& c, uint64_t node, std::optional<uint64_t> handle,
-             uint32_t sx_flags, uint32_t sx_mask, Reply<StatxResult> reply) override {
-    Record(c, fmt::format("Statx {} fh={} sx_flags={:#x} mask={:#x}", node, Opt(handle), sx_flags,
-                          sx_mask));
-    Value(std::move(reply), statx);
-  }
-  void ReadLink(const RequestContext& c, uint64_t node, Reply<std::string> reply) override {
-    Record(c, fmt::format("ReadLink {}", node));
-    Value(std::move(reply), text);
-  }
-  void Symlink(const RequestContext& c, uint64_t parent, std::string_view name,
-               std::string_view target, Reply<Entry> reply) override {
-    Record(c, fmt::format("Symlink {} {} -> {}", parent, name, target));
-    Value(std::move(reply), entry);
-  }
-  void Mknod(const RequestContext& c, uint64_t parent, std::string_view name, uint32_t mode_,
-             uint32_t rdev, uint32_t umask, Reply<Entry> reply) override {
-    Record(c, fmt::format("Mknod {} {} mode={:o} rdev={:#x} umask={:o}", parent, name, mode_, rdev,
-                          umask));
-    Value(std::move(reply), entry);
-  }
-  void Mkdir(const RequestContext& c, uint64_t parent, std::string_view name, uint32_t mode_,
-             uint32_t umask, Reply<Entry> reply) override {
-    Record(c, fmt::format("Mkdir {} {} mode={:o} umask={:o}", parent, name, mode_, umask));
-    Value(std::move(reply), entry);
-  }
-  void Unlink(const RequestContext& c, uint64_t parent, std::string_view name,
-              Reply<void> reply) override {
-    Record(c, fmt::format("Unlink {} {}", parent, name));
-    Empty(std::move(reply));
-  }
-  void Rmdir(const RequestContext& c, uint64_t parent, std::string_view name,
-             Reply<void> reply) override {
-    Record(c, fmt::format("Rmdir {} {}", parent, name));
-    Empty(std::move(reply));
-  }
-  void Rename(const RequestContext& c, uint64_t parent, std::string_view name, uint64_t new_parent,
-              std::string_view new_name, uint32_t flags, Reply<void> reply) override {
-    Record(c, fmt::format("Rename {} {} -> {} {} flags={}", parent, name, new_parent, new_name,
-                          flags));
-    Empty(std::move(reply));
-  }
-  void Link(const RequestContext& c, uint64_t node, uint64_t new_parent, std::string_view new_name,
-            Reply<Entry> reply) override {
-    Record(c, fmt::format("Link {} -> {} {}", node, new_parent, new_name));
-    Value(std::move(reply), entry);
-  }
-  void Access(const RequestContext& c, uint64_t node, uint32_t mask, Reply<void> reply) override {
-    Record(c, fmt::format("Access {} mask={}", node, mask));
-    Empty(std::move(reply));
-  }
-  void StatFs(const RequestContext& c, uint64_t node, Reply<struct statvfs> reply) override {
-    Record(c, fmt::format("StatFs {}", node));
-    Value(std::move(reply), statfs);
-  }
-  void Open(const RequestContext& c, uint64_t node, uint32_t flags,
-            Reply<OpenResult> reply) override {
-    Record(c, fmt::format("Open {} flags={:#x}", node, flags));
-    Value(std::move(reply), open);
-  }
-  void Create(const RequestContext& c, uint64_t parent, std::string_view name, uint32_t mode_,
-              uint32_t flags, uint32_t umask, Reply<CreateResult> reply) override {
-    Record(c, fmt::format("Create {} {} mode={:o} flags={:#x} umask={:o}", parent, name, mode_,
-                          flags, umask));
-    Value(std::move(reply), create);
-  }
-  void TmpFile(const RequestContext& c, uint64_t parent, uint32_t mode_, uint32_t flags,
-               uint32_t umask, Reply<CreateResult> reply) override {
-    Record(c,
-           fmt::format("TmpFile {} mode={:o} flags={:#x} umask={:o}", parent, mode_, flags, umask));
-    Value(std::move(reply), create);
-  }
-  void Read(const RequestContext& c, uint64_t node, const ReadRequest& r,
-            ReadReply reply) override {
-    Record(c, fmt::format("Read {} fh={} off={} size={} flags={:#x} rflags={:#x} owner={}", node,
-                          r.handle, r.offset, r.size, r.flags, r.read_flags, r.lock_owner));
-    read_buffers.assign(reply.buffers().begin(), reply.buffers().end());
-    Finish(std::move(reply), [data = read_data, n = read_answer](ReadReply& rr) {
-      // The data goes straight into the guest's buffers.
-      size_t done = 0;
-      for (const iovec& v : rr.buffers()) {
-        const size_t k = std::min(v.iov_len, data.size() - done);
-        std::memcpy(v.iov_base, data.data() + done, k);
-        done += k;
-      }
-      rr.Ok(n ? *n : static_cast<uint32_t>(done));
-    });
-  }
-  void Write(const RequestContext& c, uint64_t node, const WriteRequest& w,
-             Reply<uint32_t> reply) override {
-    Record(c, fmt::format("Write {} fh={} off={} size={} flags={:#x} wflags={:#x} owner={}", node,
-                          w.handle, w.offset, w.size, w.flags, w.write_flags, w.lock_owner));
-    write_iov.assign(w.data.begin(), w.data.end());
-    write_data = Gather(w.data);
-    Finish(std::move(reply), [this, w, n = u32](Reply<uint32_t>& r) {
-      // WriteRequest::data is valid until the reply, also after the call.
-      late_write_data = Gather(w.data);
-      r.Ok(n);
-    });
-  }
-  void Flush(const RequestContext& c, uint64_t node, uint64_t handle, uint64_t lock_owner,
-             Reply<void> reply) override {
-    Record(c, fmt::format("Flush {} fh={} owner={}", node, handle, lock_owner));
-    Empty(std::move(reply));
-  }
-  void Release(const RequestContext& c, uint64_t node, uint64_t handle, uint32_t flags,
-               uint32_t release_flags, uint64_t lock_owner, Reply<void> reply) override {
-    Record(c, fmt::format("Release {} fh={} flags={:#x} rflags={:#x} owner={}", node, handle, flags,
-                          release_flags, lock_owner));
-    Empty(std::move(reply));
-  }
-  void Fsync(const RequestContext& c, uint64_t node, uint64_t handle, bool datasync,
-             Reply<void> reply) override {
-    Record(c, fmt::format("Fsync {} fh={} datasync={}", node, handle, datasync));
-    Empty(std::move(reply));
-  }
-  void Fallocate(const RequestContext& c, uint64_t node, uint64_t handle, uint64_t offset,
-                 uint64_t length, uint32_t mode_, Reply<void> reply) override {
-    Record(c, fmt::format("Fallocate {} fh={} off={} len={} mode={}", node, handle, offset, length,
-                          mode_));
-    Empty(std::move(reply));
-  }
-  void Lseek(const RequestContext& c, uint64_t node, uint64_t handle, uint64_t offset,
-             uint32_t whence, Reply<uint64_t> reply) override {
-    Record(c, fmt::format("Lseek {} fh={} off={} whence={}", node, handle, offset, whence));
-    Value(std::move(reply), u64);
-  }
-  void CopyFileRange(const RequestContext& c, uint64_t node_in, uint64_t handle_in,
-                     uint64_t offset_in, uint64_t node_out, uint64_t handle_out,
-                     uint64_t offset_out, uint64_t length, uint64_t flags,
-                     Reply<uint64_t> reply) override {
-    Record(c,
-           fmt::format("CopyFileRange {} fh={} off={} -> {} fh={} off={} len={} flags={}", node_in,
-                       handle_in, offset_in, node_out, handle_out, offset_out, length, flags));
-    Value(std::move(reply), u64);
-  }
-  void Bmap(const RequestContext& c, uint64_t node, uint32_t blocksize, uint64_t block,
-            Reply<uint64_t> reply) override {
-    Record(c, fmt::format("Bmap {} blocksize={} block={}", node, blocksize, block));
-    Value(std::move(reply), u64);
-  }
-  void Ioctl(const RequestContext& c, uint64_t node, uint64_t handle, uint32_t flags, uint32_t cmd,
-             uint64_t arg, std::span<const uint8_t> in, uint32_t out_size,
-             Reply<IoctlResult> reply) override {
-    Record(c, fmt::format("Ioctl {} fh={} flags={:#x} cmd={:#x} arg={:#x} in={} out_size={}", node,
-                          handle, flags, cmd, arg, in.size(), out_size));
-    bytes.assign(in.begin(), in.end());
-    Value(std::move(reply), ioctl);
-  }
-  void Poll(const RequestContext& c, uint64_t node, uint64_t handle, uint64_t kh, uint32_t flags,
-            uint32_t events, Reply<uint32_t> reply) override {
-    Record(c, fmt::format("Poll {} fh={} kh={} flags={} events={:#x}", node, handle, kh, flags,
-                          events));
-    Value(std::move(reply), u32);
-  }
-  void GetLk(const RequestContext& c, uint64_t node, uint64_t handle, uint64_t owner,
-             const FileLock& l, bool flock, Reply<FileLock> reply) override {
-    Record(c, fmt::format("GetLk {} fh={} owner={} {}-{} type={} pid={} flock={}", node, handle,
-                          owner, l.start, l.end, l.type, l.pid, flock));
-    Value(std::move(reply), lock);
-  }
-  void SetLk(const RequestContext& c, uint64_t node, uint64_t handle, uint64_t owner,
-             const FileLock& l, bool flock, bool wait, Reply<void> reply) override {
-    Record(c, fmt::format("SetLk {} fh={} owner={} {}-{} type={} pid={} flock={} wait={}", node,
-                          handle, owner, l.start, l.end, l.type, l.pid, flock, wait));
-    Empty(std::move(reply));
-  }
-  void OpenDir(const RequestContext& c, uint64_t node, uint32_t flags,
-               Reply<OpenResult> reply) override {
-    Record(c, fmt::format("OpenDir {} flags={:#x}", node, flags));
-    Value(std::move(reply), open);
-  }
-  void ReadDir(const RequestContext& c, uint64_t node, uint64_t handle, uint64_t offset, bool plus,
-               DirReply reply) override {
-    Record(c, fmt::format("ReadDir {} fh={} off={} plus={}", node, handle, offset, plus));
-    Finish(std::move(reply), [this, items = dir, plus](DirReply& r) {
-      size_t added = 0;
-      for (const DirItem& it : items) {
-        const bool fit = plus ? r.AddPlus(it.name, it.entry, it.next_offset)
-                              : r.Add(it.name, it.ino, it.type, it.next_offset);
-        if (!fit) break;
-        ++added;
-      }
-      dir_added = added;
-      r.Ok();
-    });
-  }
-  void ReleaseDir(const RequestContext& c, uint64_t node, uint64_t handle, uint32_t flags,
-                  Reply<void> reply) override {
-    Record(c, fmt::format("ReleaseDir {} fh={} flags={:#x}", node, handle, flags));
-    Empty(std::move(reply));
-  }
-  void FsyncDir(const RequestContext& c, uint64_t node, uint64_t handle, bool datasync,
-                Reply<void> reply) override {
-    Record(c, fmt::format("FsyncDir {} fh={} datasync={}", node, handle, datasync));
-    Empty(std::move(reply));
-  }
-  void SetXattr(const RequestContext& c, uint64_t node, std::string_view name,
-                std::span<const uint8_t> value, uint32_t flags, uint32_t setxattr_flags,
-                Reply<void> reply) override {
-    Record(c, fmt::format("SetXattr {} {} size={} flags={} sflags={}", node, name, value.size(),
-                          flags, setxattr_flags));
-    bytes.assign(value.begin(), value.end());
-    Empty(std::move(reply));
-  }
-  void GetXattr(const RequestContext& c, uint64_t node, std::string_view name,
-                Reply<std::string> reply) override {
-    Record(c, fmt::format("GetXattr {} {}", node, name));
-    Value(std::move(reply), text);
-  }
-  void ListXattr(const RequestContext& c, uint64_t node, Reply<std::string> reply) override {
-    Record(c, fmt::format("ListXattr {}", node));
-    Value(std::move(reply), text);
-  }
-  void RemoveXattr(const RequestContext& c, uint64_t node, std::string_view name,
-                   Reply<void> reply) override {
-    Record(c, fmt::format("RemoveXattr {} {}", node, name));
-    Empty(std::move(reply));
-  }
-  void SyncFs(const RequestContext& c, uint64_t node, Reply<void> reply) override {
-    Record(c, fmt::format("SyncFs {}", node));
-    Empty(std::move(reply));
-  }
-  void SetupMapping(const RequestContext& c, uint64_t node, uint64_t handle, uint64_t foffset,
-                    uint64_t len, uint64_t flags, uint64_t moffset, Reply<void> reply) override {
-    Record(c, fmt::format("SetupMapping {} fh={} foff={} len={} flags={} moff={}", node, handle,
-                          foffset, len, flags, moffset));
-    Empty(std::move(reply));
-  }
-  void RemoveMapping(const RequestContext& c, std::span<const RemoveMappingItem> items,
-                     Reply<void> reply) override {
-    std::string s = fmt::format("RemoveMapping {}", items.size());
-    for (const RemoveMappingItem& it : items) s += fmt::format(" {}+{}", it.moffset, it.len);
-    Record(c, s);
-    Empty(std::move(reply));
-  }
-  void Interrupt(uint64_t unique) override { Record(fmt::format("Interrupt {}", unique)); }
-
- private:
-  void Record(std::string call) {
-    std::lock_guard l(mu_);
-    calls_.push_back(std::move(call));
-  }
-  void Record(const RequestContext& c, std::string call) {
-    std::lock_guard l(mu_);
-    ctx_ = c;
-    calls_.push_back(std::move(call));
-  }
-
-  template <typename R, typename Fn>
-  void Finish(R reply, Fn answer) {
-    switch (mode) {
-      case Mode::kOk:
-        answer(reply);
-        return;
-      case Mode::kError:
-        reply.Error(error);
-        return;
-      case Mode::kDrop:
-        return;
-      case Mode::kTwice:
-        answer(reply);
-        answer(reply);
-        reply.Error(EPERM);
-        return;
-      case Mode::kAsync: {
-        std::lock_guard l(threads_mu_);
-        threads_.emplace_back([this, r = std::move(reply), answer]() mutable {
-          while (hold.load()) std::this_thread::sleep_for(1ms);
-          answer(r);
-        });
-        return;
-      }
-      case Mode::kThrow:
-        throw std::runtime_error("backend failure");
-    }
-  }
-  template <typename T>
-  void Value(Reply<T> reply, T v) {
-    Finish(std::move(reply), [v](Reply<T>& r) { r.Ok(v); });
-  }
-  void Empty(Reply<void> reply) {
-    Finish(std::move(reply), [](Reply<void>& r) { r.Ok(); });
-  }
-
-  mutable std::mutex mu_;
-  std::vector<std::string> calls_;
-  RequestContext ctx_;
-  std::mutex threads_mu_;
-  std::vector<std::thread> threads_;
-};
 
 // ---- the harness: guest RAM, the guest's queue, the device's queue ----
 

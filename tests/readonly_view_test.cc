@@ -18,14 +18,12 @@
 #include <linux/virtio_config.h>
 #include <linux/virtio_ring.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
-#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -33,9 +31,9 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "tests/support/daemon_process.h"
 #include "tests/support/driver_queue.h"
 #include "tests/support/frontend.h"
 #include "tests/support/fuse_harness.h"
@@ -369,51 +367,20 @@ TEST_CASE("readonly_view: the writeback cache is never offered") {
 
 // ==== Part 2: the program, over vhost-user ================================
 
-// The readonly_view program, always reaped (SIGKILL if it lingers).
-class Program {
+// The readonly_view program with `args`, always reaped (SIGKILL if it
+// lingers).
+class Program : public testing::DaemonProcess {
  public:
-  explicit Program(std::vector<std::string> args, const std::string& log) {
+  Program(std::vector<std::string> args, const std::string& log)
+      : DaemonProcess(WithPath(std::move(args)), log) {}
+
+ private:
+  static std::vector<std::string> WithPath(std::vector<std::string> args) {
     const char* bin = std::getenv("READONLY_VIEW");
     REQUIRE(bin != nullptr);
     args.insert(args.begin(), bin);
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int out = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    REQUIRE(out >= 0);
-    pid_ = fork();
-    if (pid_ == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);
-      dup2(out, 1);
-      dup2(out, 2);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out);
-    REQUIRE(pid_ > 0);
+    return args;
   }
-  ~Program() {
-    if (pid_ > 0 && !status_) {
-      kill(pid_, SIGKILL);
-      Wait(5000);
-    }
-  }
-  std::optional<int> Wait(int timeout_ms) {
-    for (int waited = 0; !status_ && waited <= timeout_ms; waited += 10) {
-      int st;
-      if (waitpid(pid_, &st, WNOHANG) == pid_) {
-        status_ = st;
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    return status_;
-  }
-  pid_t pid() const { return pid_; }
-
- private:
-  pid_t pid_ = -1;
-  std::optional<int> status_;
 };
 
 TEST_CASE("readonly_view program: serves the directory read-only over vhost-user") {

@@ -13,14 +13,13 @@
 
 #include <charconv>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
 
+#include "examples/common/example_args.h"
 #include "examples/memfs/memfs.h"
 #include "virtiofs/log.h"
 #include "virtiofs/server.h"
@@ -40,51 +39,33 @@ constexpr char kUsage[] =
     "usage: memfs --socket-path PATH [--tag TAG] [--num-request-queues N]\n"
     "             [--log-level error|warn|info|debug|trace]\n";
 
-// "--name value" or "--name=value"; nullopt (after a message) on bad input.
+// The options; nullopt (after a message) on bad input.
 std::optional<Args> ParseArgs(int argc, char** argv) {
   Args args;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    }
-    std::string_view name = arg, value;
-    if (size_t eq = arg.find('='); eq != std::string_view::npos) {
-      name = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      std::fprintf(stderr, "memfs: %s needs a value\n%s", argv[i], kUsage);
-      return std::nullopt;
-    }
-    if (name == "--socket-path") {
-      args.socket_path = value;
-    } else if (name == "--tag") {
-      args.tag = value;
-    } else if (name == "--num-request-queues") {
-      auto [end, ec] =
-          std::from_chars(value.data(), value.data() + value.size(), args.num_request_queues);
-      if (ec != std::errc() || end != value.data() + value.size()) {
-        std::fprintf(stderr, "memfs: bad number of queues '%.*s'\n", static_cast<int>(value.size()),
-                     value.data());
-        return std::nullopt;
-      }
-    } else if (name == "--log-level") {
-      auto level = virtiofs::ParseLogLevel(value);
-      if (!level) {
-        std::fprintf(stderr, "memfs: unknown log level '%.*s'\n", static_cast<int>(value.size()),
-                     value.data());
-        return std::nullopt;
-      }
-      args.log_level = *level;
-    } else {
-      std::fprintf(stderr, "memfs: unknown option %.*s\n%s", static_cast<int>(name.size()),
-                   name.data(), kUsage);
-      return std::nullopt;
-    }
-  }
+  const bool ok = examples::ParseOptions(
+      argc, argv, "memfs", kUsage, [&](std::string_view name, std::string_view value) {
+        if (name == "--socket-path") {
+          args.socket_path = value;
+        } else if (name == "--tag") {
+          args.tag = value;
+        } else if (name == "--num-request-queues") {
+          auto [end, ec] =
+              std::from_chars(value.data(), value.data() + value.size(), args.num_request_queues);
+          if (ec != std::errc() || end != value.data() + value.size()) {
+            std::fprintf(stderr, "memfs: bad number of queues '%.*s'\n",
+                         static_cast<int>(value.size()), value.data());
+            return examples::OptionResult::kBad;
+          }
+        } else if (name == "--log-level") {
+          auto level = examples::ParseLogLevelOption("memfs", value);
+          if (!level) return examples::OptionResult::kBad;
+          args.log_level = *level;
+        } else {
+          return examples::OptionResult::kUnknown;
+        }
+        return examples::OptionResult::kOk;
+      });
+  if (!ok) return std::nullopt;
   if (args.socket_path.empty()) {
     std::fprintf(stderr, "memfs: --socket-path is required\n%s", kUsage);
     return std::nullopt;

@@ -14,13 +14,13 @@
 #include <signal.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
 
+#include "examples/common/example_args.h"
 #include "examples/readonly_view/readonly_view.h"
 #include "virtiofs/log.h"
 #include "virtiofs/passthrough.h"
@@ -40,45 +40,27 @@ constexpr char kUsage[] =
     "usage: readonly_view --shared-dir DIR --socket-path PATH [--tag TAG]\n"
     "                     [--log-level error|warn|info|debug|trace]\n";
 
-// "--name value" or "--name=value"; nullopt (after a message) on bad input.
+// The options; nullopt (after a message) on bad input.
 std::optional<Args> ParseArgs(int argc, char** argv) {
   Args args;
-  for (int i = 1; i < argc; ++i) {
-    std::string_view arg = argv[i];
-    if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    }
-    std::string_view name = arg, value;
-    if (size_t eq = arg.find('='); eq != std::string_view::npos) {
-      name = arg.substr(0, eq);
-      value = arg.substr(eq + 1);
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      std::fprintf(stderr, "readonly_view: %s needs a value\n%s", argv[i], kUsage);
-      return std::nullopt;
-    }
-    if (name == "--shared-dir") {
-      args.shared_dir = value;
-    } else if (name == "--socket-path") {
-      args.socket_path = value;
-    } else if (name == "--tag") {
-      args.tag = value;
-    } else if (name == "--log-level") {
-      auto level = virtiofs::ParseLogLevel(value);
-      if (!level) {
-        std::fprintf(stderr, "readonly_view: unknown log level '%.*s'\n",
-                     static_cast<int>(value.size()), value.data());
-        return std::nullopt;
-      }
-      args.log_level = *level;
-    } else {
-      std::fprintf(stderr, "readonly_view: unknown option %.*s\n%s", static_cast<int>(name.size()),
-                   name.data(), kUsage);
-      return std::nullopt;
-    }
-  }
+  const bool ok = examples::ParseOptions(
+      argc, argv, "readonly_view", kUsage, [&](std::string_view name, std::string_view value) {
+        if (name == "--shared-dir") {
+          args.shared_dir = value;
+        } else if (name == "--socket-path") {
+          args.socket_path = value;
+        } else if (name == "--tag") {
+          args.tag = value;
+        } else if (name == "--log-level") {
+          auto level = examples::ParseLogLevelOption("readonly_view", value);
+          if (!level) return examples::OptionResult::kBad;
+          args.log_level = *level;
+        } else {
+          return examples::OptionResult::kUnknown;
+        }
+        return examples::OptionResult::kOk;
+      });
+  if (!ok) return std::nullopt;
   if (args.shared_dir.empty() || args.socket_path.empty()) {
     std::fprintf(stderr, "readonly_view: --shared-dir and --socket-path are required\n%s", kUsage);
     return std::nullopt;
