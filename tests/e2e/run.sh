@@ -158,6 +158,39 @@ timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
   >"$out/qemu.log" 2>&1 &
 qemu_pid=$!
 pids+=("$qemu_pid")
+# After "E2E DONE" the guest only unmounts and powers off: give it
+# $poweroff_grace seconds, then stop QEMU instead of waiting for the hard
+# limit. Debian's 6.1.0-50 guest kernel (6.1.176) sometimes never returns
+# from umount: it waits in virtio_fs_drain_queue for a request it counts in
+# flight, with either daemon (ours and the C virtiofsd alike). So ask our
+# daemon (SIGUSR1: its stats line) what it has in flight: nothing means the
+# guest's count is wrong (skip, with the reason); anything is ours (FAIL).
+poweroff_grace=${E2E_POWEROFF_GRACE:-60}
+done_at=""
+while kill -0 "$qemu_pid" 2>/dev/null; do
+  if [ -z "$done_at" ] && grep -q '^E2E DONE ' "$out/console.log" 2>/dev/null; then
+    done_at=$SECONDS
+  fi
+  if [ -n "$done_at" ] && [ $((SECONDS - done_at)) -ge "$poweroff_grace" ]; then
+    why="the guest was still up ${poweroff_grace}s after E2E DONE (umount or poweroff hung)"
+    if "${cmd[0]}" --help 2>&1 | grep -q -- --stats-socket; then
+      kill -USR1 "$daemon_pid" 2>/dev/null || true
+      sleep 1
+      stats=$(grep 'stats: {' "$out/daemon.log" | tail -n 1)
+      if [ -n "$stats" ] && ! echo "$stats" | grep -qE '"in_flight": [1-9]'; then
+        echo "E2E skip guest-poweroff $why; the daemon has nothing in flight (guest kernel)" >>"$results"
+      else
+        echo "E2E FAIL guest-poweroff $why; daemon: ${stats:-no stats line}" | head -c 600 >>"$results"
+        echo >>"$results"
+      fi
+    else
+      echo "E2E FAIL guest-poweroff $why" >>"$results"
+    fi
+    kill -TERM "$qemu_pid" 2>/dev/null || true
+    break
+  fi
+  sleep 1
+done
 wait "$qemu_pid" || qemu_rc=$?
 end=$(date +%s.%N)
 wall=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%d", b - a }')
