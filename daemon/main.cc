@@ -98,10 +98,18 @@ LogFile g_log_file;
 void SyslogSink(LogLevel level, std::string_view message) {
   int priority = LOG_INFO;
   switch (level) {
-    case LogLevel::kError: priority = LOG_ERR; break;
-    case LogLevel::kWarning: priority = LOG_WARNING; break;
-    case LogLevel::kInfo: priority = LOG_INFO; break;
-    default: priority = LOG_DEBUG; break;
+    case LogLevel::kError:
+      priority = LOG_ERR;
+      break;
+    case LogLevel::kWarning:
+      priority = LOG_WARNING;
+      break;
+    case LogLevel::kInfo:
+      priority = LOG_INFO;
+      break;
+    default:
+      priority = LOG_DEBUG;
+      break;
   }
   syslog(priority, "%.*s", int(message.size()), message.data());
 }
@@ -221,8 +229,7 @@ int main(int argc, char** argv) {
   lock.modcaps = c.modcaps;
   lock.uid_map = c.uid_map;
   lock.gid_map = c.gid_map;
-  lock.file_handles =
-      c.passthrough.inode_file_handles != PassthroughOptions::FileHandles::kNever;
+  lock.file_handles = c.passthrough.inode_file_handles != PassthroughOptions::FileHandles::kNever;
   lock.shared_dir = c.passthrough.root;
   lock.socket_path = c.socket_path;
   // Checked before anything is bound: a refusal leaves nothing behind.
@@ -317,10 +324,17 @@ int main(int argc, char** argv) {
 
   auto backend = PassthroughBackend::Create(c.passthrough);
   if (!backend.ok()) return Fail(backend.status().message());
-  sandbox->proc_self_fd.reset();  // The backend holds its own.
+  // The backend holds its own; the statistics keep one too (a sandbox has
+  // no /proc by path: fds and memory are read through it).
+  UniqueFd stats_proc;
+  if (sandbox->proc_self_fd.valid()) {
+    stats_proc.reset(fcntl(sandbox->proc_self_fd.get(), F_DUPFD_CLOEXEC, 0));
+  }
+  sandbox->proc_self_fd.reset();
   // Capabilities before seccomp (capset is not on the allow-list); both
   // before any thread.
-  if (absl::Status s = DropCapabilities(lock); !s.ok()) return Fail("capabilities: " + s.ToString());
+  if (absl::Status s = DropCapabilities(lock); !s.ok())
+    return Fail("capabilities: " + s.ToString());
   if (absl::Status s = InstallSeccomp(lock.seccomp, c.syslog); !s.ok()) {
     return Fail("seccomp: " + s.ToString());
   }
@@ -335,6 +349,7 @@ int main(int argc, char** argv) {
   StatsSources sources;
   sources.device = device->get();
   sources.backend = backend->get();
+  sources.proc_self_fd = stats_proc.get();
   std::unique_ptr<StatsServer> stats;
   if (stats_fd.valid()) {
     auto s = StatsServer::Start(std::move(stats_fd), sources);

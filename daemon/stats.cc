@@ -1,6 +1,8 @@
 #include "daemon/stats.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -8,7 +10,7 @@
 
 #include <cmath>
 #include <cstdio>
-#include <fmt/format.h>
+#include <string>
 
 #include "virtiofs/fuse_session.h"
 #include "virtiofs/log.h"
@@ -20,11 +22,23 @@ namespace {
 using virtiofs::FuseOpStats;
 using virtiofs::FuseSession;
 
+// Opens `name` under /proc/self/fd: through `proc_fd` when it is one, else
+// by path.
+int OpenProc(int proc_fd, const char* name, int flags) {
+  if (proc_fd >= 0) return openat(proc_fd, name, flags | O_CLOEXEC);
+  return open((std::string("/proc/self/fd/") + name).c_str(), flags | O_CLOEXEC);
+}
+
 // Open fds of this process (what /proc/self/fd lists, minus the one used to
-// list it).
-int CountFds() {
-  DIR* d = opendir("/proc/self/fd");
-  if (d == nullptr) return -1;
+// list it), or -1.
+int CountFds(int proc_fd) {
+  const int fd = OpenProc(proc_fd, ".", O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return -1;
+  DIR* d = fdopendir(fd);
+  if (d == nullptr) {
+    close(fd);
+    return -1;
+  }
   int n = 0;
   while (dirent* e = readdir(d)) {
     if (e->d_name[0] != '.') ++n;
@@ -33,9 +47,14 @@ int CountFds() {
   return n - 1;
 }
 
-uint64_t RssBytes() {
-  FILE* f = std::fopen("/proc/self/statm", "re");
-  if (f == nullptr) return 0;
+uint64_t RssBytes(int proc_fd) {
+  const int fd = OpenProc(proc_fd, "../statm", O_RDONLY);
+  if (fd < 0) return 0;
+  FILE* f = fdopen(fd, "re");
+  if (f == nullptr) {
+    close(fd);
+    return 0;
+  }
   unsigned long size = 0, resident = 0;
   const int n = std::fscanf(f, "%lu %lu", &size, &resident);
   std::fclose(f);
@@ -74,8 +93,8 @@ std::string StatsJson(const StatsSources& s, bool compact) {
   std::string o = "{";
   o += nl;
   o += fmt::format("{}\"uptime_seconds\": {:.3f},{}", in, Seconds(s), nl);
-  o += fmt::format("{}\"rss_bytes\": {},{}", in, RssBytes(), nl);
-  o += fmt::format("{}\"open_fds\": {},{}", in, CountFds(), nl);
+  o += fmt::format("{}\"rss_bytes\": {},{}", in, RssBytes(s.proc_self_fd), nl);
+  o += fmt::format("{}\"open_fds\": {},{}", in, CountFds(s.proc_self_fd), nl);
   if (s.backend != nullptr) {
     o += fmt::format("{}\"inodes\": {},{}", in, s.backend->inode_count(), nl);
     o += fmt::format("{}\"handles\": {},{}", in, s.backend->handle_count(), nl);
@@ -86,8 +105,7 @@ std::string StatsJson(const StatsSources& s, bool compact) {
   o += fmt::format("{}\"queues\": [", in);
   for (uint32_t q = 0; q < s.device->NumQueues(); ++q) {
     o += fmt::format("{}{}{}{{\"index\": {}, \"completed\": {}, \"in_flight\": {}}}",
-                     q == 0 ? "" : ",", nl, in2, q, s.device->completed(q),
-                     s.device->in_flight(q));
+                     q == 0 ? "" : ",", nl, in2, q, s.device->completed(q), s.device->in_flight(q));
   }
   o += fmt::format("{}{}],{}", nl, in, nl);
   o += fmt::format("{}\"opcodes\": {{", in);
@@ -120,8 +138,9 @@ std::string StatsPrometheus(const StatsSources& s) {
     o += fmt::format("# HELP {} {}\n# TYPE {} gauge\n{} {}\n", name, help, name, name, value);
   };
   gauge("virtiofs_uptime_seconds", "Seconds since the daemon started.", Seconds(s));
-  gauge("process_resident_memory_bytes", "Resident memory size in bytes.", RssBytes());
-  gauge("process_open_fds", "Open file descriptors.", CountFds());
+  gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
+        RssBytes(s.proc_self_fd));
+  gauge("process_open_fds", "Open file descriptors.", CountFds(s.proc_self_fd));
   if (s.backend != nullptr) {
     gauge("virtiofs_inodes", "Inodes the guest knows.", s.backend->inode_count());
     gauge("virtiofs_handles", "Open file and directory handles.", s.backend->handle_count());
@@ -158,9 +177,9 @@ std::string StatsPrometheus(const StatsSources& s) {
     for (int i = 0; i < FuseOpStats::kBuckets; ++i) {
       cumulative += st.buckets[i];
       const double le = FuseOpStats::BucketLimitUs(i);
-      hist += fmt::format("virtiofs_request_duration_seconds_bucket{{opcode=\"{}\",le=\"{}\"}} {}\n",
-                          name, std::isinf(le) ? std::string("+Inf") : fmt::format("{}", le / 1e6),
-                          cumulative);
+      hist += fmt::format(
+          "virtiofs_request_duration_seconds_bucket{{opcode=\"{}\",le=\"{}\"}} {}\n", name,
+          std::isinf(le) ? std::string("+Inf") : fmt::format("{}", le / 1e6), cumulative);
     }
     hist += fmt::format("virtiofs_request_duration_seconds_sum{{opcode=\"{}\"}} {}\n", name,
                         double(st.total_ns) / 1e9);
@@ -178,8 +197,7 @@ absl::StatusOr<std::unique_ptr<StatsServer>> StatsServer::Start(virtiofs::Unique
       new StatsServer(std::move(listening), std::move(stop), sources));
 }
 
-StatsServer::StatsServer(virtiofs::UniqueFd listen, virtiofs::UniqueFd stop,
-                         StatsSources sources)
+StatsServer::StatsServer(virtiofs::UniqueFd listen, virtiofs::UniqueFd stop, StatsSources sources)
     : listen_(std::move(listen)),
       stop_(std::move(stop)),
       sources_(sources),

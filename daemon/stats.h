@@ -20,6 +20,9 @@ namespace virtiofsd {
 struct StatsSources {
   const virtiofs::VirtioFsDevice* device = nullptr;
   const virtiofs::PassthroughBackend* backend = nullptr;
+  // O_PATH of this process's /proc/self/fd (the caller keeps it open), or
+  // -1: /proc/self by path (which a sandbox may not have).
+  int proc_self_fd = -1;
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
 };
 

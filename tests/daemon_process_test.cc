@@ -314,6 +314,12 @@ TEST_CASE("--stats-socket and SIGUSR1 report what the guest asked") {
     CHECK(json.find("\"LOOKUP\": {\"requests\": 3, \"replies\": 3, \"errors\": 1,") !=
           std::string::npos);
     CHECK(json.find("\"initialized\": true") != std::string::npos);
+    // The process's memory and fds, in every sandbox (read through the proc
+    // fd kept from before it: a sandbox has no /proc by path).
+    CHECK(json.find("\"rss_bytes\": 0,") == std::string::npos);
+    CHECK(json.find("\"open_fds\": -1,") == std::string::npos);
+    CHECK(prom.find("process_open_fds -1\n") == std::string::npos);
+    CHECK(prom.find("process_resident_memory_bytes 0\n") == std::string::npos);
 
     kill(s.daemon->pid(), SIGUSR1);
     bool logged = false;
