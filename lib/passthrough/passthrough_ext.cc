@@ -94,9 +94,10 @@ class CallerCreds {
 // kernel returns: a buffer this big never gets ERANGE.
 constexpr size_t kXattrMax = 65536;
 
-// Whether this thread's working directory is its own (see
-// SetThreadHasOwnFsContext); -1 until then, else the proc fd it was moved to.
+// Whether this thread's working directory is its own (set by
+// SetThreadHasOwnFsContext after unshare(CLONE_FS)).
 thread_local bool t_own_fs_context = false;
+// The proc fd this thread's working directory was moved to, or -1.
 thread_local int t_cwd_proc_fd = -1;
 
 // Whether "/proc/self/fd" by path is the directory proc_fd_ holds. In a
@@ -568,15 +569,19 @@ void PassthroughFs::RemoveXattr(const RequestContext& ctx, uint64_t node, std::s
 
 std::shared_ptr<UniqueFd> PassthroughFs::OwnerLockFd(uint64_t node, const Handle& h,
                                                      uint64_t owner, bool create, int* err) {
-  std::lock_guard lock(owner_locks_mu_);
-  auto it = owner_locks_.find({node, owner});
-  if (it != owner_locks_.end()) return it->second;
-  if (!create) return nullptr;
-  if (owner_locks_.size() >= kMaxLockOwners) {
-    *err = ENOLCK;
-    return nullptr;
+  const std::pair key{node, owner};
+  {
+    std::lock_guard lock(owner_locks_mu_);
+    auto it = owner_locks_.find(key);
+    if (it != owner_locks_.end()) return it->second;
+    if (!create) return nullptr;
+    if (owner_locks_.size() >= kMaxLockOwners) {
+      *err = ENOLCK;
+      return nullptr;
+    }
   }
-  // As the daemon; O_NONBLOCK: never wait for a lease to break.
+  // Opened outside the lock (the host file system may be slow), as the
+  // daemon; O_NONBLOCK: never wait for a lease to break.
   const std::string self = std::to_string(h.fd.get());
   constexpr int kFlags = O_CLOEXEC | O_NONBLOCK | O_NOCTTY;
   UniqueFd fd(openat(proc_fd_.get(), self.c_str(), O_RDWR | kFlags));
@@ -593,9 +598,12 @@ std::shared_ptr<UniqueFd> PassthroughFs::OwnerLockFd(uint64_t node, const Handle
     return nullptr;
   }
   auto shared = std::make_shared<UniqueFd>(std::move(fd));
-  owner_locks_.emplace(std::pair{node, owner}, shared);
+  std::lock_guard lock(owner_locks_mu_);
+  // A request of the same owner on another queue may have made one
+  // meanwhile: that one is kept (ours holds no lock yet and just closes).
+  auto it = owner_locks_.emplace(key, shared).first;
   has_owner_locks_.store(true, std::memory_order_relaxed);
-  return shared;
+  return it->second;
 }
 
 void PassthroughFs::DropOwnerLocks(uint64_t node, uint64_t owner) {
