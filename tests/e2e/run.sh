@@ -173,15 +173,18 @@ while kill -0 "$qemu_pid" 2>/dev/null; do
   fi
   if [ -n "$done_at" ] && [ $((SECONDS - done_at)) -ge "$poweroff_grace" ]; then
     why="the guest was still up ${poweroff_grace}s after E2E DONE (umount or poweroff hung)"
-    if "${cmd[0]}" --help 2>&1 | grep -q -- --stats-socket; then
+    # (Whole outputs into variables, then grep: with pipefail, grep -q
+    # ending a pipe early can fail it.)
+    help=$("${cmd[0]}" --help 2>&1 || true)
+    if grep -q -- --stats-socket <<<"$help"; then
       kill -USR1 "$daemon_pid" 2>/dev/null || true
       sleep 1
-      stats=$(grep 'stats: {' "$out/daemon.log" | tail -n 1)
-      if [ -n "$stats" ] && ! echo "$stats" | grep -qE '"in_flight": [1-9]'; then
+      stats=$(grep 'stats: {' "$out/daemon.log" | tail -n 1 || true)
+      if [ -n "$stats" ] && ! grep -qE '"in_flight": [1-9]' <<<"$stats"; then
         echo "E2E skip guest-poweroff $why; the daemon has nothing in flight (guest kernel)" >>"$results"
       else
-        echo "E2E FAIL guest-poweroff $why; daemon: ${stats:-no stats line}" | head -c 600 >>"$results"
-        echo >>"$results"
+        line="E2E FAIL guest-poweroff $why; daemon: ${stats:-no stats line}"
+        echo "${line:0:600}" >>"$results"
       fi
     else
       echo "E2E FAIL guest-poweroff $why" >>"$results"
